@@ -1,0 +1,1 @@
+"""Animatable 3D Gaussian head avatars."""

@@ -1,0 +1,1 @@
+"""Synthetic ViewSweep / DynamicSweep data generation."""
