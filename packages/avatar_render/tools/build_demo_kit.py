@@ -37,7 +37,10 @@ PIECES = ("skin", "tongue", "eye_left", "eye_right")
 
 
 def head_local_labels(labels: list[str]) -> list[str]:
-    return [lab for lab in labels if lab.startswith(HEAD_LOCAL_PREFIXES)
+    """Head-shape controls, without the midline ones that shift or tilt features sideways (asymmetric faces)."""
+    midline_sideways = ("trans-out", "angle-out")
+    return [lab for lab in labels
+            if (lab.startswith(HEAD_LOCAL_PREFIXES) and not any(m in lab for m in midline_sideways))
             or (lab[:2] in ("l-", "r-") and any(p in lab for p in HEAD_SIDED_PARTS))]
 
 

@@ -52,7 +52,9 @@ class MeshFragments:
         return self.face_ids >= 0
 
 
-def _edge_weights(edges: Tensor, top_left: Tensor | None, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor | None]:
+def _edge_weights(
+    edges: Tensor, top_left: Tensor | None, px: Tensor, py: Tensor
+) -> tuple[Tensor, Tensor | None]:
     """Oriented edge functions w [N, 3] at pixel centres (px, py) [N] (float, centre coordinates).
 
     edges: [N, 3, 4] per-edge (ox, oy, dx, dy): origin and direction, already signed so that the
@@ -189,7 +191,7 @@ def rasterize_mesh(
     q = w * inv_z[t]
     qs = q.sum(-1, keepdim=True)
     bary = torch.zeros(C * H * W, 3, device=device, dtype=dtype).index_put((pix,), q / qs)
-    depth = torch.zeros(C * H * W, device=device, dtype=dtype).index_put((pix,), (w.sum(-1, keepdim=True) / qs)[:, 0])
+    depth = torch.zeros(C * H * W, device=device, dtype=dtype).index_put((pix,), w.sum(-1) / qs[:, 0])
     return MeshFragments(face_ids=face_ids.reshape(C, H, W), bary=bary.reshape(C, H, W, 3),
                          depth=depth.reshape(C, H, W))
 
