@@ -75,6 +75,11 @@ class Avatar:
     expression_labels: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (f"Avatar(name={self.name!r}, vertices={self.neutral_vertices.shape[0]}, "
+                f"triangles={self.faces.shape[0]}, gaussians={self.num_gaussians}, "
+                f"expression_dim={self.expression_dim}, capture_frames={self.num_capture_frames})")
+
     # ------------------------------------------------------------------ sizes
     @property
     def expression_dim(self) -> int:

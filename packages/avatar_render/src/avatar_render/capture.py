@@ -61,11 +61,11 @@ def synthesize_rig_track(labels: list[str], num_frames: int, fps: float, seed: i
         add("eyeBlinkRight", env * rng.uniform(0.9, 1.0))
 
     # Speech: bursts of syllables at 3.5-5.5 Hz driving the jaw and lips.
-    for start, length in _events(rng, n, fps, rate_hz=0.25, duration_s=(1.5, 4.0)):
+    for start, length in _events(rng, n, fps, rate_hz=0.4, duration_s=(2.0, 5.0)):
         burst = _envelope(n, start, length, attack=0.1)
         rate = rng.uniform(3.5, 5.5)
         phase = np.cumsum(np.full(n, rate / fps) * (1 + 0.2 * _smooth_noise(rng, n, fps * 0.3)))
-        syllables = np.clip(np.sin(2 * np.pi * phase), 0, None) ** 1.5
+        syllables = (0.5 + 0.5 * np.sin(2 * np.pi * phase)) ** 1.5
         loud = 0.25 + 0.2 * np.clip(_smooth_noise(rng, n, fps * 0.2), -1, 1)
         add("jawOpen", burst * syllables * loud)
         add("mouthFunnel", burst * np.clip(_smooth_noise(rng, n, fps * 0.15), 0, None) * 0.25)

@@ -159,21 +159,17 @@ def rasterize_mesh(
     sel = counts.nonzero().squeeze(1)  # triangles with candidate pixels (flat c*F + f)
     keys = torch.full((C * H * W,), _KEY_EMPTY, dtype=torch.int64, device=device)
     if sel.numel() > 0:
-        sel_counts = counts[sel]
         sel_first = first.reshape(C * F, 2)[sel]
-        sel_bw = extent.reshape(C * F, 2)[sel, 0]
-        cum = sel_counts.cumsum(0)
-        starts = cum - sel_counts
-        cum_cpu = cum.cpu()  # one sync: chunk boundaries are decided on the host
+        sel_last = last.reshape(C * F, 2)[sel]
+        cum_cpu = counts[sel].cumsum(0).cpu()  # one sync: chunk boundaries are decided on the host
         with torch.no_grad():
             begin, n_sel = 0, sel.numel()
             while begin < n_sel:
                 base = int(cum_cpu[begin - 1]) if begin > 0 else 0
                 end = int(torch.searchsorted(cum_cpu, base + max_pairs, right=True))
                 end = max(end, begin + 1)
-                n_pairs = int(cum_cpu[end - 1]) - base
-                _rasterize_chunk(keys, begin, end, n_pairs, base, sel, sel_counts, starts, sel_first, sel_bw,
-                                 edges, top_left, inv_z, F, H, W)
+                _rasterize_triangles(keys, sel[begin:end], sel_first[begin:end], sel_last[begin:end], edges,
+                                     top_left, inv_z, F, H, W)
                 begin = end
 
     # ---------------------------------------------------------------- resolve winners
@@ -196,47 +192,67 @@ def rasterize_mesh(
                          depth=depth.reshape(C, H, W))
 
 
-def _rasterize_chunk(
-    keys: Tensor,  # [C*H*W] int64, updated in place
-    begin: int,
-    end: int,
-    n_pairs: int,
-    base: int,
-    sel: Tensor,  # [S] flat triangle index of the selected triangles
-    sel_counts: Tensor,  # [S] candidate pixels per triangle
-    starts: Tensor,  # [S] exclusive prefix sum of sel_counts
-    sel_first: Tensor,  # [S, 2] first candidate pixel (x, y)
-    sel_bw: Tensor,  # [S] bounding-box width in pixels
-    edges: Tensor,  # [C*F, 3, 4]
+def _rasterize_triangles(
+    keys: Tensor,  # [C*H*W] int64 packed (depth, face) z-buffer, updated in place
+    tri: Tensor,  # [S] flat triangle index c*F + f
+    first: Tensor,  # [S, 2] first pixel (x, y) of the clipped bounding box
+    last: Tensor,  # [S, 2] last pixel (x, y), inclusive
+    edges: Tensor,  # [C*F, 3, 4] oriented (ox, oy, dx, dy)
     top_left: Tensor,  # [C*F, 3]
     inv_z: Tensor,  # [C*F, 3]
     F: int,
     H: int,
     W: int,
 ) -> None:
-    """Z-test the candidate pairs of selected triangles [begin, end) into `keys`."""
-    device = keys.device
-    ids = torch.arange(begin, end, device=device)
-    s = torch.repeat_interleave(ids, sel_counts[begin:end], output_size=n_pairs)  # [P]
-    local = torch.arange(n_pairs, device=device) + base - starts[s]
-    bw = sel_bw[s]
-    dy = torch.div(local, bw, rounding_mode="floor")
-    px = sel_first[s, 0] + (local - dy * bw)
-    py = sel_first[s, 1] + dy
-    del local, bw, dy
-    t = sel[s]
-    del s
-    dtype = edges.dtype
-    w, inside = _edge_weights(edges[t], top_left[t], px.to(dtype) + 0.5, py.to(dtype) + 0.5)
-    keep = inside.nonzero().squeeze(1)
-    if keep.numel() == 0:
+    """Z-test triangles `tri` into `keys`: bounding-box rows -> per-row pixel spans -> pixel pairs."""
+    device, dtype = keys.device, edges.dtype
+    # Level 1: one entry per (triangle, bounding-box row).
+    n_rows = last[:, 1] - first[:, 1] + 1
+    R = int(n_rows.sum())
+    s = torch.repeat_interleave(torch.arange(len(tri), device=device), n_rows, output_size=R)
+    row_start = n_rows.cumsum(0) - n_rows
+    y = first[s, 1] + torch.arange(R, device=device) - row_start[s]
+    t = tri[s]
+    e = edges[t]  # [R, 3, 4]
+    ox, oy, dx, dy = e.unbind(-1)
+    # The row's share of every edge function, computed exactly as in the per-pixel expression
+    # w = dx * (py - oy) - dy * (px - ox), so spans and the final test agree bit for bit.
+    a = dx * ((y.to(dtype) + 0.5).unsqueeze(-1) - oy)  # [R, 3]
+    # Pixel span where every w can be >= 0: each edge bounds x from one side (dy != 0), or keeps or
+    # drops the whole row (dy == 0, where w == a exactly). Solved in float64 with a margin of many
+    # ulps of the float evaluation, so the span is conservative and the exact test decides.
+    a64, dy64, ox64 = a.double(), dy.double(), ox.double()
+    xb = ox64 + a64 / torch.where(dy64 == 0, torch.ones_like(dy64), dy64)
+    margin = 32 * torch.finfo(dtype).eps * ((xb - ox64).abs() + ox64.abs() + 1.0)
+    inf = torch.full_like(xb, float("inf"))
+    lo = torch.where(dy64 < 0, xb - margin, -inf).amax(-1)
+    hi = torch.where(dy64 > 0, xb + margin, inf).amin(-1)
+    x0, x1 = first[s, 0], last[s, 0]
+    lo = torch.maximum(lo, x0.double() - 1.0)  # also turns -inf / nan into finite bounds
+    hi = torch.minimum(hi, x1.double() + 1.0)
+    x_first = torch.maximum(torch.ceil(lo - 0.5).long(), x0)
+    x_last = torch.minimum(torch.floor(hi - 0.5).long(), x1)
+    n_px = (x_last - x_first + 1).clamp_min(0).masked_fill(((dy == 0) & (a < 0)).any(-1), 0)
+    del a64, dy64, ox64, xb, margin, inf, lo, hi, x0, x1
+    P = int(n_px.sum())
+    if P == 0:
         return
-    w, t, px, py = w[keep], t[keep], px[keep], py[keep]
-    depth = (w.sum(-1) / (w * inv_z[t]).sum(-1)).float()  # perspective-correct camera z
+    # Level 2: one entry per (triangle, pixel) candidate pair; per-row data packed for few gathers.
     c = torch.div(t, F, rounding_mode="floor")
-    f = t - c * F
+    px_start = n_px.cumsum(0) - n_px
+    row_f = torch.cat([a, dy, ox, inv_z[t]], -1)  # [R, 12]
+    row_i = torch.stack([c * (H * W) + y * W + x_first - px_start, x_first - px_start, t - c * F], -1)  # [R, 3]
+    row_tl = top_left[t]
+    del e, a, dy, ox, oy, dx, s, y, t, c
+    r = torch.repeat_interleave(torch.arange(R, device=device), n_px, output_size=P)
+    pf, pi, tl = row_f.index_select(0, r), row_i.index_select(0, r), row_tl.index_select(0, r)
+    del r
+    j = torch.arange(P, device=device)
+    px = (j + pi[:, 1]).to(dtype) + 0.5
+    w = pf[:, 0:3] - pf[:, 3:6] * (px.unsqueeze(-1) - pf[:, 6:9])  # [P, 3] oriented edge functions
+    inside = torch.where(tl, w >= 0, w > 0).all(-1)  # top-left-like rule on exact zeros
+    depth = (w.sum(-1) / (w * pf[:, 9:12]).sum(-1)).float()  # perspective-correct camera z
     # Positive float32 bit patterns order like the floats: (depth bits, face) packs the z-test and
     # the lowest-face tie-break into one int64 amin.
-    key = (depth.view(torch.int32).long() << 32) | f
-    pix = c * (H * W) + py * W + px
-    keys.scatter_reduce_(0, pix, key, reduce="amin")
+    key = ((depth.view(torch.int32).long() << 32) | pi[:, 2]).masked_fill(~inside, _KEY_EMPTY)
+    keys.scatter_reduce_(0, j + pi[:, 0], key, reduce="amin")
