@@ -12,14 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
-
 from avatar_render.camera import Camera, intrinsics
 from avatar_render.gaussians import GaussianSet
 from avatar_render.projection import project_gaussians
 from avatar_render.rasterize_cpu import rasterization_cpu, rasterize_to_pixels
 from avatar_render.render import render
 from avatar_render.sh import eval_sh_colors
+from torch import Tensor
 
 CUDA = torch.cuda.is_available()
 
@@ -78,12 +77,13 @@ def naive_composite(means2d: np.ndarray, conics: np.ndarray, colors: np.ndarray,
 @pytest.mark.parametrize("opacity", [0.8, 0.03])
 def test_single_isotropic_gaussian_matches_closed_form(opacity: float) -> None:
     width, height, f, z, s = 40, 28, 30.0, 2.0, 0.12
-    cam = Camera(K=intrinsics(f, f, width / 2, height / 2).double(), viewmat=torch.eye(4, dtype=torch.float64),
+    f64 = torch.float64
+    cam = Camera(K=intrinsics(f, f, width / 2, height / 2).to(f64), viewmat=torch.eye(4, dtype=f64),
                  width=width, height=height)
-    colour = torch.tensor([0.9, 0.4, 0.2], dtype=torch.float64)
+    colour = torch.tensor([0.9, 0.4, 0.2], dtype=f64)
     gs = GaussianSet.from_activated(
-        means=torch.tensor([[0.0, 0.0, z]], dtype=torch.float64), quats=torch.tensor([[1.0, 0, 0, 0]]).double(),
-        scales=torch.full((1, 3), s, dtype=torch.float64), opacities=torch.tensor([opacity]).double(),
+        means=torch.tensor([[0.0, 0.0, z]], dtype=f64), quats=torch.tensor([[1.0, 0, 0, 0]], dtype=f64),
+        scales=torch.full((1, 3), s, dtype=f64), opacities=torch.tensor([opacity], dtype=f64),
         rgb=colour[None])
     bg = torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64)
     out = render(gs, cam, backend="cpu", background=bg)
@@ -165,8 +165,8 @@ def test_compositor_matches_naive_per_pixel_loop() -> None:
     g = torch.Generator().manual_seed(3)
     colors = torch.rand(2, n, 3, generator=g, dtype=torch.float64)
     bgs = torch.rand(2, 3, generator=g, dtype=torch.float64)
-    img, alpha = rasterize_to_pixels(proj.means2d, proj.conics, colors, proj.opacities, proj.radii, proj.depths,
-                                     width, height, backgrounds=bgs)
+    img, alpha = rasterize_to_pixels(proj.means2d, proj.conics, colors, proj.opacities, proj.radii,
+                                     proj.depths, width, height, backgrounds=bgs)
     total_stops = 0
     for c in range(2):
         ref_img, ref_alpha, stops = naive_composite(
@@ -187,6 +187,24 @@ def test_chunking_is_exact() -> None:
     for chunk in (256 * 3, 256 * 50):  # 3 Gaussians of one tile per chunk; several tiles, several chunks
         small, small_a, _ = rasterization_cpu(*args, sh_degree=0, max_chunk_elements=chunk)
         assert torch.allclose(small, big, atol=1e-10) and torch.allclose(small_a, big_a, atol=1e-10)
+
+
+def test_chunking_keeps_gradients_exact() -> None:
+    width, height = 24, 20
+    gs = random_scene(40, seed=4, scale=(0.03, 0.1))
+    cam = orbit_cameras(2, width, height)
+    w = torch.rand(2, height, width, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = []
+    for chunk in (256 * 2, 2**24):  # many recomputed chunks with tiles dropping out vs. one chunk
+        leaves = (gs.means, gs.scales, gs.opacities, gs.sh)
+        means, scales, opac, sh = (t.clone().requires_grad_(True) for t in leaves)
+        img, alpha, _ = rasterization_cpu(means, gs.quats, scales, opac, sh, cam.viewmat, cam.K, width,
+                                          height, sh_degree=0, max_chunk_elements=chunk)
+        ((img * w).sum() + alpha.sum()).backward()
+        grads.append([means.grad, scales.grad, opac.grad, sh.grad])
+    for small, big in zip(*grads, strict=True):
+        assert torch.isfinite(small).all() and small.abs().sum() > 0
+        assert torch.allclose(small, big, rtol=1e-8, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------- consistency

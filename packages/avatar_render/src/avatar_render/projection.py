@@ -59,8 +59,9 @@ def project_gaussians(
     """Project N Gaussians into C pinhole cameras exactly as gsplat's fused CUDA projection does."""
     n = means.shape[0]
     if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) or opacities.shape != (n,):
-        raise ValueError(f"project_gaussians: bad shapes means {tuple(means.shape)}, quats {tuple(quats.shape)}, "
-                         f"scales {tuple(scales.shape)}, opacities {tuple(opacities.shape)}")
+        raise ValueError(f"project_gaussians: bad shapes means {tuple(means.shape)}, quats "
+                         f"{tuple(quats.shape)}, scales {tuple(scales.shape)}, "
+                         f"opacities {tuple(opacities.shape)}")
     if viewmats.dim() != 3 or viewmats.shape[1:] != (4, 4) or Ks.shape != (viewmats.shape[0], 3, 3):
         raise ValueError(f"project_gaussians: expected viewmats [C,4,4] and Ks [C,3,3], got "
                          f"{tuple(viewmats.shape)} and {tuple(Ks.shape)}")
@@ -71,7 +72,8 @@ def project_gaussians(
     # World -> camera.
     rot = viewmats[:, :3, :3]  # [C, 3, 3]
     means_c = torch.einsum("cij,nj->cni", rot, means) + viewmats[:, None, :3, 3]  # [C, N, 3]
-    covar_c = rot[:, None] @ covariance_3d(quats, scales)[None] @ rot[:, None].transpose(-1, -2)  # [C, N, 3, 3]
+    rot_n = rot[:, None]  # [C, 1, 3, 3]
+    covar_c = rot_n @ covariance_3d(quats, scales)[None] @ rot_n.transpose(-1, -2)  # [C, N, 3, 3]
     x, y, z = means_c.unbind(-1)  # [C, N]
 
     # The kernel returns before projecting when z is outside [near, far]; a safe z keeps the unused

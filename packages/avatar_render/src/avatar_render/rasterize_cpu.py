@@ -122,34 +122,36 @@ def _composite_chunk(
     means2d: Tensor,  # [B, M, 2]
     conics: Tensor,  # [B, M, 3]
     opacities: Tensor,  # [B, M], 0 for padding
-    colors: Tensor,  # [B, M, D]
+    colors: Tensor,  # [B, M, D + 1], last channel 1 so that the output's last channel is sum(weights)
     px: Tensor,  # [B, S] pixel-centre x of the tile's columns
     py: Tensor,  # [B, S] pixel-centre y of the tile's rows
-    r_prev: Tensor,  # [B, P] product of (1 - alpha) over every valid Gaussian so far
-    t_prev: Tensor,  # [B, P] transmittance after the Gaussians actually composited so far
-) -> tuple[Tensor, Tensor, Tensor]:  # colour [B, P, D], r [B, P], t [B, P]
-    """Composite one depth chunk of Gaussians over a batch of S x S tiles (P = S * S)."""
+    r_prev: Tensor,  # [B, P] product of (1 - alpha) over every valid Gaussian so far (= T while not done)
+) -> tuple[Tensor, Tensor]:  # sum of weight * colour [B, P, D + 1], r [B, P]
+    """Composite one depth chunk of Gaussians over a batch of S x S tiles (P = S * S).
+
+    Work on [B, P, M] tensors dominates, so everything per (tile, column or row, Gaussian) is folded
+    into small [B, S, M] tensors first, and sigma is built negated: halving and negating are exact in
+    floating point, so -sigma has the kernel's rounding (0.5 (a dx^2 + c dy^2) + b dx dy).
+    """
     b, s = px.shape
     dx = means2d[:, None, :, 0] - px[:, :, None]  # [B, S(x), M]
     dy = means2d[:, None, :, 1] - py[:, :, None]  # [B, S(y), M]
     ca, cb, cc = conics[:, None, :, 0], conics[:, None, :, 1], conics[:, None, :, 2]  # [B, 1, M]
-    # sigma[b, y, x, m], written in the kernel's order of operations.
-    sigma = 0.5 * ((ca * dx * dx)[:, None] + (cc * dy * dy)[:, :, None]) + (cb * dx)[:, None] * dy[:, :, None]
-    sigma = sigma.reshape(b, s * s, -1)  # [B, P, M], pixel p = y * S + x
-    # clamp_min keeps exp finite where sigma < 0 (those entries are dropped anyway), so no inf * 0.
-    alpha = torch.clamp_max(opacities[:, None, :] * torch.exp(-sigma.clamp_min(0)), MAX_ALPHA)
-    valid = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = torch.where(valid, alpha, torch.zeros_like(alpha))
-    one_minus = 1.0 - alpha
+    half_a = -0.5 * (ca * dx * dx)  # [B, S(x), M]
+    half_c = -0.5 * (cc * dy * dy)  # [B, S(y), M]
+    neg_sigma = torch.addcmul(half_a[:, None] + half_c[:, :, None], -(cb * dx)[:, None], dy[:, :, None])
+    neg_sigma = neg_sigma.reshape(b, s * s, -1)  # [B, P, M], pixel p = y * S + x
+    # clamp_max keeps exp finite where sigma < 0 (dropped below anyway), so gradients never see inf * 0.
+    alpha = torch.clamp_max(opacities[:, None, :] * torch.exp(neg_sigma.clamp_max(0)), MAX_ALPHA)
+    valid = (alpha >= ALPHA_THRESHOLD).logical_and_(neg_sigma <= 0)
+    alpha = torch.where(valid, alpha, 0.0)
     # Prepending the carried product makes this the same sequential product the kernel forms.
-    r = torch.cumprod(torch.cat([r_prev[..., None], one_minus], dim=-1), dim=-1)  # [B, P, M + 1]
-    # T only decreases, so "the pixel is done at the first Gaussian that takes it to <= 1e-4, which is
-    # itself excluded" is exactly "keep Gaussian k iff T after k > 1e-4".
-    keep = r[..., 1:] > TRANSMITTANCE_EPS
-    weights = torch.where(keep, alpha * r[..., :-1], torch.zeros_like(alpha))  # alpha_k * T_before_k
-    out = torch.bmm(weights, colors)  # [B, P, D]
-    t = t_prev * torch.where(keep, one_minus, torch.ones_like(one_minus)).prod(dim=-1)
-    return out, r[..., -1], t
+    r = torch.cumprod(torch.cat([r_prev[..., None], 1.0 - alpha], dim=-1), dim=-1)  # [B, P, M + 1]
+    # T only decreases, so "the pixel is done at the first Gaussian that would take T to <= 1e-4, and
+    # that Gaussian is left out" is exactly "keep Gaussian k iff T after k > 1e-4". Invalid ones have
+    # alpha 0, so they add nothing either way.
+    weights = torch.where(r[..., 1:] > TRANSMITTANCE_EPS, alpha, 0.0) * r[..., :-1]  # alpha_k * T_before_k
+    return torch.bmm(weights, colors), r[..., -1]
 
 
 class _RecomputedChunk(torch.autograd.Function):
@@ -161,7 +163,7 @@ class _RecomputedChunk(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(ctx: Any, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(*inputs)
         with torch.no_grad():
             return _composite_chunk(*inputs)
@@ -196,15 +198,20 @@ def rasterize_to_pixels(
 
     Differentiable w.r.t. means2d, conics, colors, opacities (and backgrounds). Peak memory of the
     per-pixel work is bounded by `max_chunk_elements` (elements of one [tiles, pixels, Gaussians] chunk).
+    The returned alpha is sum_k alpha_k T_k, which equals the kernel's 1 - T up to rounding.
     """
     cams, n = means2d.shape[:2]
     d = colors.shape[-1]
     if conics.shape != (cams, n, 3) or colors.shape[:2] != (cams, n) or opacities.shape != (cams, n):
-        raise ValueError(f"rasterize_to_pixels: inconsistent shapes means2d {tuple(means2d.shape)}, conics "
-                         f"{tuple(conics.shape)}, colors {tuple(colors.shape)}, opacities {tuple(opacities.shape)}")
+        raise ValueError(f"rasterize_to_pixels: inconsistent shapes means2d {tuple(means2d.shape)}, "
+                         f"conics {tuple(conics.shape)}, colors {tuple(colors.shape)}, "
+                         f"opacities {tuple(opacities.shape)}")
     if radii.shape != (cams, n, 2) or depths.shape != (cams, n):
         raise ValueError(f"rasterize_to_pixels: radii must be [C,N,2] and depths [C,N], got "
                          f"{tuple(radii.shape)}, {tuple(depths.shape)}")
+    if max_chunk_elements < tile_size * tile_size:
+        raise ValueError(f"max_chunk_elements must hold at least one tile ({tile_size * tile_size}), "
+                         f"got {max_chunk_elements}")
     dtype, device = means2d.dtype, means2d.device
     ts = int(tile_size)
     tile_w, tile_h = math.ceil(width / ts), math.ceil(height / ts)
@@ -215,7 +222,9 @@ def rasterize_to_pixels(
     m2_flat = means2d.reshape(-1, 2)
     con_flat = conics.to(dtype).reshape(-1, 3)
     op_flat = opacities.to(dtype).reshape(-1)
-    col_flat = colors.to(dtype).reshape(-1, d)
+    # A channel of ones makes the same matmul return sum(weights) = 1 - T, the pixel's alpha.
+    ones = torch.ones(cams * n, 1, dtype=dtype, device=device)
+    col_flat = torch.cat([colors.to(dtype).reshape(-1, d), ones], dim=1)  # [C * N, D + 1]
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means2d, conics, colors, opacities))
 
@@ -226,58 +235,55 @@ def rasterize_to_pixels(
     cap = max(1, int(max_chunk_elements) // p)
     lane = torch.arange(ts, device=device, dtype=dtype) + 0.5
 
-    tile_parts, colour_parts, t_parts = [], [], []
+    tile_parts, acc_parts = [], []
     for first, last, depth in _plan_batches(counts_np, cap):
         tiles = nonempty[first:last]  # [B] global tile index (camera * tiles + tile)
         nb = tiles.numel()
         starts, tcounts = offsets[tiles], counts[tiles]
         local = tiles % num_tiles
-        ox = ((local % tile_w) * ts).to(dtype)
-        oy = ((local // tile_w) * ts).to(dtype)
-        px_all = ox[:, None] + lane  # [B, S]
-        py_all = oy[:, None] + lane
+        px_all = ((local % tile_w) * ts).to(dtype)[:, None] + lane  # [B, S]
+        py_all = ((local // tile_w) * ts).to(dtype)[:, None] + lane
         # Pixels outside the image start "done" (as out-of-bounds threads do in the kernel).
         outside = ((px_all[:, None, :] >= width) | (py_all[:, :, None] >= height)).reshape(nb, p)
-        acc = torch.zeros(nb, p, d, dtype=dtype, device=device)
+        acc = torch.zeros(nb, p, d + 1, dtype=dtype, device=device)
         r_run = torch.ones(nb, p, dtype=dtype, device=device)
-        t_run = torch.ones(nb, p, dtype=dtype, device=device)
         tile_done = torch.zeros(nb, dtype=torch.bool, device=device)
         offs = torch.arange(depth, device=device)
         for lo in range(0, int(tcounts.max()), depth):
             active = torch.nonzero((tcounts > lo) & ~tile_done).squeeze(1)
             if active.numel() == 0:
                 break
+            everyone = active.numel() == nb
             pos = lo + offs  # [M]
             in_list = pos[None, :] < tcounts[active, None]  # [A, M]
-            idx = torch.where(in_list, starts[active, None] + pos[None, :], 0)
-            gid = flat_ids[idx]  # [A, M] flat index into C * N
-            args = (m2_flat[gid], con_flat[gid], op_flat[gid] * in_list, col_flat[gid], px_all[active],
-                    py_all[active], r_run[active], t_run[active])
-            if needs_grad:
-                out, r_new, t_new = _RecomputedChunk.apply(*args)
+            gid = flat_ids[torch.where(in_list, starts[active, None] + pos[None, :], 0)]  # [A, M] into C * N
+            args = (m2_flat[gid], con_flat[gid], op_flat[gid] * in_list, col_flat[gid],
+                    px_all if everyone else px_all[active], py_all if everyone else py_all[active],
+                    r_run if everyone else r_run[active])
+            out, r_new = _RecomputedChunk.apply(*args) if needs_grad else _composite_chunk(*args)
+            # In place when no graph is being built; out of place otherwise, so autograd sees every step.
+            if everyone:
+                acc = acc + out if needs_grad else acc.add_(out)
+                r_run = r_new
+            elif needs_grad:
+                acc = acc.index_add(0, active, out)
+                r_run = r_run.index_copy(0, active, r_new)
             else:
-                out, r_new, t_new = _composite_chunk(*args)
-            acc = acc.index_add(0, active, out)
-            r_run = r_run.index_copy(0, active, r_new)
-            t_run = t_run.index_copy(0, active, t_new)
+                acc.index_add_(0, active, out)
+                r_run.index_copy_(0, active, r_new)
             with torch.no_grad():
                 tile_done[active] = ((r_new <= TRANSMITTANCE_EPS) | outside[active]).all(dim=1)
         tile_parts.append(tiles)
-        colour_parts.append(acc)
-        t_parts.append(t_run)
+        acc_parts.append(acc)
 
-    total = cams * num_tiles
-    image = torch.zeros(total, p, d, dtype=dtype, device=device)
-    trans = torch.ones(total, p, dtype=dtype, device=device)
+    image = torch.zeros(cams * num_tiles, p, d + 1, dtype=dtype, device=device)
     if tile_parts:
-        all_tiles = torch.cat(tile_parts)
-        image = image.index_copy(0, all_tiles, torch.cat(colour_parts))
-        trans = trans.index_copy(0, all_tiles, torch.cat(t_parts))
-    image = _tiles_to_image(image, cams, tile_h, tile_w, ts)[:, :height, :width]  # [C, H, W, D]
-    trans = _tiles_to_image(trans[..., None], cams, tile_h, tile_w, ts)[:, :height, :width]  # [C, H, W, 1]
+        image = image.index_copy(0, torch.cat(tile_parts), torch.cat(acc_parts))
+    image = _tiles_to_image(image, cams, tile_h, tile_w, ts)[:, :height, :width]  # [C, H, W, D + 1]
+    colour, alpha = image[..., :d], image[..., d:]
     if backgrounds is not None:
-        image = image + trans * backgrounds.to(dtype)[:, None, None, :]
-    return image, 1.0 - trans
+        colour = colour + (1.0 - alpha) * backgrounds.to(dtype)[:, None, None, :]
+    return colour, alpha
 
 
 def _tiles_to_image(x: Tensor, cams: int, tile_h: int, tile_w: int, ts: int) -> Tensor:
@@ -326,7 +332,8 @@ def rasterization_cpu(
         if colors.dim() == 2 and colors.shape[0] == n:
             colors = colors[None].expand(cams, n, colors.shape[-1])
         elif not (colors.dim() == 3 and colors.shape[:2] == (cams, n)):
-            raise ValueError(f"colors must be [N, D] or [C, N, D] without sh_degree, got {tuple(colors.shape)}")
+            raise ValueError(f"colors must be [N, D] or [C, N, D] without sh_degree, "
+                             f"got {tuple(colors.shape)}")
     else:
         if not (colors.dim() in (3, 4) and colors.shape[-1] == 3 and colors.shape[-3] == n
                 and (colors.dim() == 3 or colors.shape[0] == cams)):

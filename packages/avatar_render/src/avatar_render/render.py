@@ -90,8 +90,8 @@ def _render_gsplat(gaussians: GaussianSet, cameras: Camera, background: Tensor |
     cams = cameras.to(device=dev, dtype=torch.float32)
     colors, alphas, _ = gsplat.rasterization(
         g.means, g.quats, g.scales, g.opacities, g.sh, cams.viewmat, cams.K, cams.width, cams.height,
-        near_plane=near_plane, sh_degree=g.sh_degree, backgrounds=_backgrounds(background, len(cams), g.means),
-        render_mode="RGB+ED", rasterize_mode=rasterize_mode)
+        near_plane=near_plane, sh_degree=g.sh_degree, render_mode="RGB+ED", rasterize_mode=rasterize_mode,
+        backgrounds=_backgrounds(background, len(cams), g.means))
     colors = colors.to(device=home, dtype=dtype)
     alphas = alphas.to(device=home, dtype=dtype)
     return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4])

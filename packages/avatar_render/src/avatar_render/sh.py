@@ -66,7 +66,8 @@ def eval_sh_colors(
     if sh.shape[-2] < num:
         raise ValueError(f"SH degree {degree} needs {num} coefficients, got {sh.shape[-2]}")
     if sh.shape[-1] != 3 or dirs.shape[-1] != 3:
-        raise ValueError(f"expected sh [..., K, 3] and dirs [..., 3], got {tuple(sh.shape)}, {tuple(dirs.shape)}")
+        raise ValueError(f"expected sh [..., K, 3] and dirs [..., 3], "
+                         f"got {tuple(sh.shape)} and {tuple(dirs.shape)}")
     basis = sh_basis(F.normalize(dirs, dim=-1), degree).to(sh.dtype)  # [..., num]
     return (basis.unsqueeze(-1) * sh[..., :num, :]).sum(dim=-2)
 
