@@ -12,7 +12,6 @@ import resource
 import time
 
 import torch
-
 from avatar_render import Camera, load_avatar
 from avatar_render.projection import project_gaussians
 from avatar_render.rasterize_cpu import rasterize_to_pixels
@@ -46,12 +45,12 @@ def naive_composite(proj, colors: torch.Tensor, width: int, height: int) -> torc
         depth_rank = torch.argsort(torch.argsort(proj.depths[c, vis]))
         order = torch.argsort(pix * len(vis) + depth_rank[g])
         g, alpha, pix = g[order], alpha[order], pix[order]
-        log_t = torch.cumsum(torch.log1p(-alpha), 0)
+        log_t = torch.cumsum(torch.log1p(-alpha.double()), 0)  # float64: a global cumsum over all pairs
         start = torch.ones_like(pix, dtype=torch.bool)
         start[1:] = pix[1:] != pix[:-1]
         seg_start = torch.cummax(torch.where(start, torch.arange(len(pix)), 0), 0).values
         before = torch.where(seg_start > 0, log_t[(seg_start - 1).clamp(min=0)], torch.zeros_like(log_t))
-        t_incl = torch.exp(log_t - before)
+        t_incl = torch.exp(log_t - before).float()
         t_excl = t_incl / (1 - alpha)
         weight = torch.where(t_incl > 1e-4, alpha * t_excl, torch.zeros_like(alpha))
         image = torch.zeros(height * width, colors.shape[-1])
@@ -82,11 +81,12 @@ def main() -> None:
             proj = project_gaussians(g.means, g.quats, g.scales, g.opacities, cam.viewmat, cam.K, size, size)
             colors = g.rgb[None].clamp_min(0)
 
-            def ours():
-                return rasterize_to_pixels(proj.means2d, proj.conics, colors, proj.opacities, proj.radii,
-                                           proj.depths, size, size)[0]
+            def ours(proj=proj, colors=colors, size=size):
+                return rasterize_to_pixels(
+                    proj.means2d, proj.conics, colors, proj.opacities, proj.radii, proj.depths, size, size
+                )[0]
 
-            def naive():
+            def naive(proj=proj, colors=colors, size=size):
                 return naive_composite(proj, colors, size, size)
 
             ours()  # warm-up
@@ -98,23 +98,28 @@ def main() -> None:
             reference = naive()
             t_naive = time.perf_counter() - t
         diff = float((image - reference).abs().max())
-        print(f"{size:>6} {1 / t_ours:>9.2f} {1 / t_naive:>10.2f} {t_naive / t_ours:>8.1f}x {diff:>11.2e} "
-              f"{peak_rss_gib():>13.2f}")
+        print(
+            f"{size:>6} {1 / t_ours:>9.2f} {1 / t_naive:>10.2f} {t_naive / t_ours:>8.1f}x {diff:>11.2e} "
+            f"{peak_rss_gib():>13.2f}"
+        )
     if torch.cuda.is_available():
         from avatar_render import render
 
         gc = g.to("cuda")
         for size in args.sizes:
-            cam = Camera.look_at(torch.tensor([[0.05, 0.02, 0.30]]), torch.tensor([0.0, -0.02, 0.0]), size,
-                                 size).to("cuda")
+            cam = Camera.look_at(torch.tensor([[0.05, 0.02, 0.30]]), torch.tensor([0.0, -0.02, 0.0]), size, size).to(
+                "cuda"
+            )
             render(gc, cam, backend="gsplat")
             torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(20):
                 render(gc, cam, backend="gsplat")
             torch.cuda.synchronize()
-            print(f"gsplat {size}px: {20 / (time.perf_counter() - t):.1f} fps, peak CUDA "
-                  f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+            print(
+                f"gsplat {size}px: {20 / (time.perf_counter() - t):.1f} fps, peak CUDA "
+                f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+            )
 
 
 if __name__ == "__main__":

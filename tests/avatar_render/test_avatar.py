@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from avatar_render import AvatarFormatError, load_avatar, save_avatar
 from avatar_render.geometry import axis_angle_to_rotmat, quat_to_rotmat, triangle_frames
 
@@ -119,7 +118,15 @@ def test_capture_track_looks_like_a_person(demo_avatar):
 def test_avatar_file_round_trip_is_exact(demo_avatar, tmp_path):
     path = save_avatar(demo_avatar, tmp_path / "x.avatar.safetensors")
     loaded = load_avatar(path)
-    for name in ("neutral_vertices", "faces", "binding", "local_means", "sh", "capture_codes", "expression_map"):
+    for name in (
+        "neutral_vertices",
+        "faces",
+        "binding",
+        "local_means",
+        "sh",
+        "capture_codes",
+        "expression_map",
+    ):
         assert torch.equal(getattr(loaded, name), getattr(demo_avatar, name)), name
     assert loaded.name == demo_avatar.name and loaded.expression_labels == demo_avatar.expression_labels
 
@@ -154,13 +161,16 @@ def _out_of_range(t):
     return t
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"local_means": _with_nan}, "field 'local_means' has 1 non-finite"),
-    ({"faces": _out_of_range}, "field 'faces' indexes vertex 1000000"),
-    ({"binding": _out_of_range}, "field 'binding' indexes triangle 1000000"),
-    ({"head_weights": None}, "field 'head_weights' is missing"),
-    ({"sh": lambda t: t[:-1]}, "field 'sh' has N="),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"local_means": _with_nan}, "field 'local_means' has 1 non-finite"),
+        ({"faces": _out_of_range}, "field 'faces' indexes vertex 1000000"),
+        ({"binding": _out_of_range}, "field 'binding' indexes triangle 1000000"),
+        ({"head_weights": None}, "field 'head_weights' is missing"),
+        ({"sh": lambda t: t[:-1]}, "field 'sh' has N="),
+    ],
+)
 def test_bad_avatar_files_name_the_file_and_field(demo_avatar, tmp_path, change, message):
     bad = _corrupt(demo_avatar, tmp_path, **change)
     with pytest.raises(AvatarFormatError) as info:

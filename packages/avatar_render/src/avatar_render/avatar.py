@@ -40,8 +40,13 @@ class PosedAvatar:
 
     def frame(self, t: int) -> GaussianSet:
         """The Gaussians of frame t."""
-        return GaussianSet(means=self.means[t], quats=self.quats[t], log_scales=self.log_scales[t],
-                           opacity_logits=self.opacity_logits, sh=self.sh)
+        return GaussianSet(
+            means=self.means[t],
+            quats=self.quats[t],
+            log_scales=self.log_scales[t],
+            opacity_logits=self.opacity_logits,
+            sh=self.sh,
+        )
 
 
 @dataclass
@@ -76,9 +81,11 @@ class Avatar:
     metadata: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        return (f"Avatar(name={self.name!r}, vertices={self.neutral_vertices.shape[0]}, "
-                f"triangles={self.faces.shape[0]}, gaussians={self.num_gaussians}, "
-                f"expression_dim={self.expression_dim}, capture_frames={self.num_capture_frames})")
+        return (
+            f"Avatar(name={self.name!r}, vertices={self.neutral_vertices.shape[0]}, "
+            f"triangles={self.faces.shape[0]}, gaussians={self.num_gaussians}, "
+            f"expression_dim={self.expression_dim}, capture_frames={self.num_capture_frames})"
+        )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -109,8 +116,10 @@ class Avatar:
     def rig_weights(self, codes: Tensor) -> Tensor:  # [T, D] -> [T, E]
         """Blendshape weights of expression codes."""
         if codes.shape[-1] != self.expression_dim:
-            raise ValueError(f"avatar '{self.name}': expression codes must have {self.expression_dim} "
-                             f"dimensions, got shape {tuple(codes.shape)}")
+            raise ValueError(
+                f"avatar '{self.name}': expression codes must have {self.expression_dim} "
+                f"dimensions, got shape {tuple(codes.shape)}"
+            )
         low, high = self.rig_weight_range
         return (codes @ self.expression_map.T).clamp(low, high)
 
@@ -143,8 +152,15 @@ class Avatar:
         """Pose T frames at once: expression codes [T, D], head poses [T, 6] -> `PosedAvatar`."""
         vertices = self.pose_mesh(expression, head_pose)
         means, quats, log_scales = self.bind(vertices)
-        return PosedAvatar(means=means, quats=quats, log_scales=log_scales, opacity_logits=self.opacity_logits,
-                           sh=self.sh, vertices=vertices, faces=self.faces)
+        return PosedAvatar(
+            means=means,
+            quats=quats,
+            log_scales=log_scales,
+            opacity_logits=self.opacity_logits,
+            sh=self.sh,
+            vertices=vertices,
+            faces=self.faces,
+        )
 
     def canonical(self) -> PosedAvatar:
         """The avatar with a zero expression code and the identity head pose (one frame)."""
@@ -154,25 +170,28 @@ class Avatar:
     def capture_segment(self, start: int, length: int) -> tuple[Tensor, Tensor]:
         """Codes [length, D] and poses [length, 6] of the capture track from frame `start`."""
         if start < 0 or length <= 0 or start + length > self.num_capture_frames:
-            raise ValueError(f"avatar '{self.name}': capture segment [{start}, {start + length}) is outside its "
-                             f"{self.num_capture_frames}-frame capture track")
-        return self.capture_codes[start:start + length], self.capture_poses[start:start + length]
+            raise ValueError(
+                f"avatar '{self.name}': capture segment [{start}, {start + length}) is outside its "
+                f"{self.num_capture_frames}-frame capture track"
+            )
+        return self.capture_codes[start : start + length], self.capture_poses[start : start + length]
 
     def _check_pose_inputs(self, expression: Tensor, head_pose: Tensor) -> tuple[Tensor, Tensor]:
-        expression = torch.as_tensor(expression, dtype=self.neutral_vertices.dtype,
-                                     device=self.neutral_vertices.device)
-        head_pose = torch.as_tensor(head_pose, dtype=self.neutral_vertices.dtype,
-                                    device=self.neutral_vertices.device)
+        expression = torch.as_tensor(expression, dtype=self.neutral_vertices.dtype, device=self.neutral_vertices.device)
+        head_pose = torch.as_tensor(head_pose, dtype=self.neutral_vertices.dtype, device=self.neutral_vertices.device)
         if expression.dim() == 1:
             expression = expression[None]
         if head_pose.dim() == 1:
             head_pose = head_pose[None]
         if head_pose.shape[-1] != 6:
-            raise ValueError(f"avatar '{self.name}': head poses must be [T, 6] (axis-angle, translation), "
-                             f"got {tuple(head_pose.shape)}")
+            raise ValueError(
+                f"avatar '{self.name}': head poses must be [T, 6] (axis-angle, translation), "
+                f"got {tuple(head_pose.shape)}"
+            )
         if expression.shape[0] != head_pose.shape[0]:
-            raise ValueError(f"avatar '{self.name}': {expression.shape[0]} expression codes for "
-                             f"{head_pose.shape[0]} head poses")
+            raise ValueError(
+                f"avatar '{self.name}': {expression.shape[0]} expression codes for {head_pose.shape[0]} head poses"
+            )
         if not (torch.isfinite(expression).all() and torch.isfinite(head_pose).all()):
             raise ValueError(f"avatar '{self.name}': expression codes and head poses must be finite")
         return expression, head_pose

@@ -83,7 +83,8 @@ def load_avatar(path_or_id: str | os.PathLike, device: torch.device | str | None
         if not path.exists():
             raise FileNotFoundError(
                 f"no avatar file '{path}' and not a demo id; demo avatars are {demo.demo_ids()[0]} ... "
-                f"{demo.demo_ids()[-1]}")
+                f"{demo.demo_ids()[-1]}"
+            )
         avatar = read_avatar_file(path)
     return avatar.to(device=device) if device is not None else avatar
 
@@ -107,14 +108,15 @@ def read_avatar_file(path: Path) -> Avatar:
         raise AvatarFormatError(f"{path}: field 'format' is {header.get('format')!r}, expected {FORMAT_NAME!r}")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
-        raise AvatarFormatError(f"{path}: field 'format_version' is {version!r}; this reader supports "
-                                f"{FORMAT_VERSION}")
+        raise AvatarFormatError(f"{path}: field 'format_version' is {version!r}; this reader supports {FORMAT_VERSION}")
     validate_tensors(tensors, source=str(path))
     low, high = header.get("rig_weight_range", [0.0, 1.0])
     return Avatar(
         name=str(header.get("name", path.name.removesuffix(SUFFIX))),
-        **{name: tensors[name].long() if _TENSOR_FIELDS[name][0] == "int" else tensors[name].float()
-           for name in _TENSOR_FIELDS},
+        **{
+            name: tensors[name].long() if _TENSOR_FIELDS[name][0] == "int" else tensors[name].float()
+            for name in _TENSOR_FIELDS
+        },
         capture_fps=float(header.get("capture_fps", 25.0)),
         rig_weight_range=(float(low), float(high)),
         expression_labels=list(header.get("expression_labels", [])),
@@ -134,16 +136,21 @@ def validate_tensors(tensors: dict[str, Tensor], source: str) -> None:
         if kind == "float" and not value.is_floating_point():
             raise AvatarFormatError(f"{source}: field '{name}' must be floating point, got {value.dtype}")
         if value.dim() != len(spec):
-            raise AvatarFormatError(f"{source}: field '{name}' must have shape {_spec_text(spec)}, "
-                                    f"got {tuple(value.shape)}")
+            raise AvatarFormatError(
+                f"{source}: field '{name}' must have shape {_spec_text(spec)}, got {tuple(value.shape)}"
+            )
         for axis, (want, got) in enumerate(zip(spec, value.shape, strict=True)):
             if isinstance(want, int):
                 if got != want:
-                    raise AvatarFormatError(f"{source}: field '{name}' must have shape {_spec_text(spec)}, "
-                                            f"got {tuple(value.shape)} (axis {axis})")
+                    raise AvatarFormatError(
+                        f"{source}: field '{name}' must have shape {_spec_text(spec)}, "
+                        f"got {tuple(value.shape)} (axis {axis})"
+                    )
             elif sizes.setdefault(want, got) != got:
-                raise AvatarFormatError(f"{source}: field '{name}' has {want}={got} on axis {axis} but other "
-                                        f"fields have {want}={sizes[want]}")
+                raise AvatarFormatError(
+                    f"{source}: field '{name}' has {want}={got} on axis {axis} but other "
+                    f"fields have {want}={sizes[want]}"
+                )
         if kind == "float" and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise AvatarFormatError(f"{source}: field '{name}' has {bad} non-finite values (NaN or Inf)")
@@ -151,17 +158,21 @@ def validate_tensors(tensors: dict[str, Tensor], source: str) -> None:
     _check_range(tensors["binding"], sizes["F"], "binding", "triangle", source)
     weights = tensors["head_weights"]
     if weights.numel() and (weights.min() < 0 or weights.max() > 1):
-        raise AvatarFormatError(f"{source}: field 'head_weights' must lie in [0, 1], got "
-                                f"[{float(weights.min()):.4g}, {float(weights.max()):.4g}]")
+        raise AvatarFormatError(
+            f"{source}: field 'head_weights' must lie in [0, 1], got "
+            f"[{float(weights.min()):.4g}, {float(weights.max()):.4g}]"
+        )
     if tensors["sh"].shape[1] not in (1, 4, 9, 16):
-        raise AvatarFormatError(f"{source}: field 'sh' has {tensors['sh'].shape[1]} coefficients; "
-                                "expected 1, 4, 9 or 16 (SH degree 0-3)")
+        raise AvatarFormatError(
+            f"{source}: field 'sh' has {tensors['sh'].shape[1]} coefficients; expected 1, 4, 9 or 16 (SH degree 0-3)"
+        )
 
 
 def _check_range(index: Tensor, size: int, name: str, what: str, source: str) -> None:
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
-        raise AvatarFormatError(f"{source}: field '{name}' indexes {what} {int(index.max())} "
-                                f"(min {int(index.min())}) but there are {size}")
+        raise AvatarFormatError(
+            f"{source}: field '{name}' indexes {what} {int(index.max())} (min {int(index.min())}) but there are {size}"
+        )
 
 
 def _spec_text(spec: tuple[str | int, ...]) -> str:

@@ -74,8 +74,10 @@ class Camera:
         if self.viewmat.dim() == 2:
             self.viewmat = self.viewmat.unsqueeze(0)
         if self.K.shape[-2:] != (3, 3) or self.viewmat.shape[-2:] != (4, 4):
-            raise ValueError(f"Camera: K must be [C,3,3] and viewmat [C,4,4], got {tuple(self.K.shape)} "
-                             f"and {tuple(self.viewmat.shape)}")
+            raise ValueError(
+                f"Camera: K must be [C,3,3] and viewmat [C,4,4], got {tuple(self.K.shape)} "
+                f"and {tuple(self.viewmat.shape)}"
+            )
         if self.K.shape[0] != self.viewmat.shape[0]:
             if self.K.shape[0] == 1:
                 self.K = self.K.expand(self.viewmat.shape[0], 3, 3)
@@ -102,8 +104,7 @@ class Camera:
         K = intrinsics(fx, fy, width / 2.0, height / 2.0)
         viewmat = torch.eye(4) if viewmat is None else viewmat
         viewmat = viewmat if viewmat.dim() == 3 else viewmat.unsqueeze(0)
-        return cls(K=K.expand(viewmat.shape[0], 3, 3).clone(), viewmat=viewmat.float(), width=width,
-                   height=height)
+        return cls(K=K.expand(viewmat.shape[0], 3, 3).clone(), viewmat=viewmat.float(), width=width, height=height)
 
     @classmethod
     def look_at(
@@ -127,8 +128,12 @@ class Camera:
         sizes = {(c.width, c.height) for c in cameras}
         if len(sizes) != 1:
             raise ValueError(f"Camera.cat: cameras have different image sizes {sorted(sizes)}")
-        return Camera(K=torch.cat([c.K for c in cameras]), viewmat=torch.cat([c.viewmat for c in cameras]),
-                      width=cameras[0].width, height=cameras[0].height)
+        return Camera(
+            K=torch.cat([c.K for c in cameras]),
+            viewmat=torch.cat([c.viewmat for c in cameras]),
+            width=cameras[0].width,
+            height=cameras[0].height,
+        )
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -150,8 +155,12 @@ class Camera:
         return -(rot.transpose(-1, -2) @ self.viewmat[:, :3, 3:]).squeeze(-1)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Camera:
-        return Camera(K=self.K.to(device=device, dtype=dtype), viewmat=self.viewmat.to(device=device, dtype=dtype),
-                      width=self.width, height=self.height)
+        return Camera(
+            K=self.K.to(device=device, dtype=dtype),
+            viewmat=self.viewmat.to(device=device, dtype=dtype),
+            width=self.width,
+            height=self.height,
+        )
 
     def resized(self, width: int, height: int) -> Camera:
         """Same cameras for another image size (intrinsics scaled per axis)."""

@@ -20,8 +20,13 @@ def _smooth_noise(rng: np.random.Generator, n: int, sigma_frames: float) -> np.n
     return noise / (noise.std() + 1e-12)
 
 
-def _events(rng: np.random.Generator, n: int, fps: float, rate_hz: float, duration_s: tuple[float, float],
-            ) -> list[tuple[int, int]]:
+def _events(
+    rng: np.random.Generator,
+    n: int,
+    fps: float,
+    rate_hz: float,
+    duration_s: tuple[float, float],
+) -> list[tuple[int, int]]:
     """Random non-overlapping (start, length) events with a Poisson rate."""
     events, t = [], rng.exponential(1.0 / rate_hz) * fps
     while t < n:
@@ -42,8 +47,7 @@ def _envelope(n: int, start: int, length: int, attack: float = 0.25) -> np.ndarr
     return env
 
 
-def synthesize_rig_track(labels: list[str], num_frames: int, fps: float, seed: int) -> tuple[np.ndarray,
-                                                                                             np.ndarray]:
+def synthesize_rig_track(labels: list[str], num_frames: int, fps: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rig weights [T, E] in [0, 1] for the ARKit `labels`, and head poses [T, 6] (axis-angle rad, metres)."""
     rng = np.random.default_rng(seed)
     n = num_frames

@@ -17,7 +17,8 @@ from pathlib import Path
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="avatar-render", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="avatar-render", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     preview = sub.add_parser("preview", help="render a turntable contact sheet (RGB and normals) to PNG")
@@ -25,8 +26,12 @@ def _build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", required=True, type=Path, help="output PNG path")
     preview.add_argument("--views", type=int, default=6, help="views around the head (default 6)")
     preview.add_argument("--size", type=int, default=256, help="pixels per view (default 256)")
-    preview.add_argument("--backend", choices=["auto", "cpu", "gsplat"], default="auto",
-                         help="splatting backend: gsplat needs CUDA; auto picks it when available")
+    preview.add_argument(
+        "--backend",
+        choices=["auto", "cpu", "gsplat"],
+        default="auto",
+        help="splatting backend: gsplat needs CUDA; auto picks it when available",
+    )
 
     info = sub.add_parser("info", help="print what an avatar holds")
     info.add_argument("avatar", help="demo id or avatar file")
@@ -78,8 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         avatar = load_avatar(args.avatar)
         sheet = contact_sheet(avatar, num_views=args.views, size_px=args.size, backend=args.backend)
         save_png(sheet, args.out)
-        print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]}: rows neutral RGB, neutral normals, "
-              "expressive RGB, expressive normals)")
+        print(
+            f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]}: rows neutral RGB, neutral normals, "
+            "expressive RGB, expressive normals)"
+        )
         return 0
 
     avatar = load_avatar(args.avatar)
@@ -96,8 +103,9 @@ def _run(args: argparse.Namespace) -> int:
             posed = avatar.canonical()
         else:
             if not 0 <= args.frame < avatar.num_capture_frames:
-                raise ValueError(f"--frame {args.frame} is outside the capture track (0 ... "
-                                 f"{avatar.num_capture_frames - 1})")
+                raise ValueError(
+                    f"--frame {args.frame} is outside the capture track (0 ... {avatar.num_capture_frames - 1})"
+                )
             codes, poses = avatar.capture_segment(args.frame, 1)
             posed = avatar.pose(codes, poses)
         with torch.no_grad():
@@ -130,8 +138,9 @@ def _print_info(avatar) -> None:
     rig = avatar.rig_weights(avatar.capture_codes)
     if avatar.expression_labels:
         top = torch.argsort(rig.mean(0), descending=True)[:5].tolist()
-        lines.append("most active rig:   " + ", ".join(f"{avatar.expression_labels[i]} {rig[:, i].mean():.2f}"
-                                                        for i in top))
+        lines.append(
+            "most active rig:   " + ", ".join(f"{avatar.expression_labels[i]} {rig[:, i].mean():.2f}" for i in top)
+        )
     for key, value in avatar.metadata.items():
         if key == "identity" and isinstance(value, dict):
             value = f"phenotype {value.get('phenotype')}; {len(value.get('local_changes', {}))} local shape changes"

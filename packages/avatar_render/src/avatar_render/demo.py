@@ -30,12 +30,33 @@ CAPTURE_FRAMES = 600
 CAPTURE_FPS = 25.0
 _DEMO_ID = re.compile(r"demo-(\d{3})")
 
-SKIN_TONES = [(0.95, 0.80, 0.70), (0.90, 0.72, 0.60), (0.83, 0.62, 0.48), (0.74, 0.53, 0.39),
-              (0.60, 0.41, 0.29), (0.45, 0.30, 0.21), (0.33, 0.22, 0.16), (0.87, 0.69, 0.60)]
-HAIR_COLOURS = [(0.05, 0.04, 0.04), (0.20, 0.12, 0.07), (0.36, 0.23, 0.13), (0.47, 0.21, 0.10),
-                (0.76, 0.62, 0.40), (0.62, 0.62, 0.62), (0.12, 0.08, 0.06)]
-EYE_COLOURS = [(0.33, 0.19, 0.09), (0.20, 0.12, 0.06), (0.28, 0.48, 0.72), (0.30, 0.48, 0.30),
-               (0.50, 0.40, 0.20), (0.48, 0.54, 0.60)]
+SKIN_TONES = [
+    (0.95, 0.80, 0.70),
+    (0.90, 0.72, 0.60),
+    (0.83, 0.62, 0.48),
+    (0.74, 0.53, 0.39),
+    (0.60, 0.41, 0.29),
+    (0.45, 0.30, 0.21),
+    (0.33, 0.22, 0.16),
+    (0.87, 0.69, 0.60),
+]
+HAIR_COLOURS = [
+    (0.05, 0.04, 0.04),
+    (0.20, 0.12, 0.07),
+    (0.36, 0.23, 0.13),
+    (0.47, 0.21, 0.10),
+    (0.76, 0.62, 0.40),
+    (0.62, 0.62, 0.62),
+    (0.12, 0.08, 0.06),
+]
+EYE_COLOURS = [
+    (0.33, 0.19, 0.09),
+    (0.20, 0.12, 0.06),
+    (0.28, 0.48, 0.72),
+    (0.30, 0.48, 0.30),
+    (0.50, 0.40, 0.20),
+    (0.48, 0.54, 0.60),
+]
 HAIR_STYLES = {"buzz": (0.0, 0.003), "short": (0.02, 0.008), "medium": (0.06, 0.012), "long": (0.10, 0.016)}
 
 
@@ -58,8 +79,12 @@ def is_demo_id(text: str) -> bool:
 def demo_look(index: int) -> DemoLook:
     """Appearance of demo avatar `index`: palettes stepped with co-prime strides so neighbours differ."""
     styles = list(HAIR_STYLES)
-    return DemoLook(skin=SKIN_TONES[index % len(SKIN_TONES)], hair=HAIR_COLOURS[(3 * index + 1) % len(HAIR_COLOURS)],
-                    eyes=EYE_COLOURS[(5 * index + 2) % len(EYE_COLOURS)], hair_style=styles[(index * 3 + 1) % 4])
+    return DemoLook(
+        skin=SKIN_TONES[index % len(SKIN_TONES)],
+        hair=HAIR_COLOURS[(3 * index + 1) % len(HAIR_COLOURS)],
+        eyes=EYE_COLOURS[(5 * index + 2) % len(EYE_COLOURS)],
+        hair_style=styles[(index * 3 + 1) % 4],
+    )
 
 
 @lru_cache(maxsize=1)
@@ -123,8 +148,14 @@ def _build_demo_avatar(index: int) -> Avatar:
 class _GaussianGrower:
     """Samples Gaussians on regions of the guide mesh and expresses them in triangle frames."""
 
-    def __init__(self, vertices: Tensor, faces: Tensor, piece: Tensor, masks: dict[str, Tensor],
-                 rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        vertices: Tensor,
+        faces: Tensor,
+        piece: Tensor,
+        masks: dict[str, Tensor],
+        rng: np.random.Generator,
+    ) -> None:
         self.vertices, self.faces, self.masks, self.rng = vertices, faces, masks, rng
         self.rot, self.centre, self.scale = triangle_frames(vertices, faces)
         v = vertices[faces]
@@ -156,28 +187,38 @@ class _GaussianGrower:
     def _mask_at(self, name: str, tri: Tensor, bary: Tensor) -> Tensor:
         return (self.masks[name][self.faces[tri]] * bary).sum(-1)
 
-    def _add(self, tri: Tensor, points: Tensor, world_rot: Tensor, sigmas: Tensor, rgb: Tensor,
-             opacity: Tensor) -> None:
+    def _add(
+        self, tri: Tensor, points: Tensor, world_rot: Tensor, sigmas: Tensor, rgb: Tensor, opacity: Tensor
+    ) -> None:
         """Store Gaussians given in world terms (rotation [M,3,3], per-axis sigmas [M,3]) in triangle frames."""
         rot_f, centre_f, scale_f = self.rot[tri], self.centre[tri], self.scale[tri]
         local_mean = (rot_f.transpose(-1, -2) @ (points - centre_f)[..., None]).squeeze(-1) / scale_f[:, None]
         local_rot = rot_f.transpose(-1, -2) @ world_rot
         opacity = opacity.clamp(1e-4, 1 - 1e-4)
-        self.parts.append({
-            "binding": tri,
-            "local_means": local_mean,
-            "local_quats": rotmat_to_quat(local_rot),
-            "local_log_scales": (sigmas / scale_f[:, None]).log(),
-            "opacity_logits": torch.log(opacity / (1 - opacity)),
-            "rgb": rgb.clamp(0.0, 1.0),
-        })
+        self.parts.append(
+            {
+                "binding": tri,
+                "local_means": local_mean,
+                "local_quats": rotmat_to_quat(local_rot),
+                "local_log_scales": (sigmas / scale_f[:, None]).log(),
+                "opacity_logits": torch.log(opacity / (1 - opacity)),
+                "rgb": rgb.clamp(0.0, 1.0),
+            }
+        )
 
-    def _surface_gaussians(self, tri: Tensor, bary: Tensor, sigma: float, rgb: Tensor, opacity: float,
-                           thickness: float = 0.15) -> None:
+    def _surface_gaussians(
+        self, tri: Tensor, bary: Tensor, sigma: float, rgb: Tensor, opacity: float, thickness: float = 0.15
+    ) -> None:
         """Flat Gaussians lying in their triangle's plane (thin along the normal)."""
         sigmas = torch.tensor([sigma, sigma * thickness, sigma], dtype=torch.float64).expand(len(tri), 3)
-        self._add(tri, self._point(tri, bary), self.rot[tri], sigmas.clone(), rgb,
-                  torch.full((len(tri),), opacity, dtype=torch.float64))
+        self._add(
+            tri,
+            self._point(tri, bary),
+            self.rot[tri],
+            sigmas.clone(),
+            rgb,
+            torch.full((len(tri),), opacity, dtype=torch.float64),
+        )
 
     def _jitter(self, base: Tensor, n: int, amount: float) -> Tensor:
         noise = torch.from_numpy(self.rng.normal(0.0, amount, (n, 1)) + self.rng.normal(0.0, amount / 3, (n, 3)))
@@ -204,8 +245,9 @@ class _GaussianGrower:
         rgb = rgb * (1 - 0.12 * ears * torch.tensor([0.3, 1.0, 1.0], dtype=torch.float64))
         # slight blush on the cheeks: front-facing skin level with the nose, off the midline
         points = self._point(tri, bary)
-        cheek = torch.exp(-((points[:, 1] - (self.eye_y - 0.03)) ** 2 / 0.0004
-                            + (points[:, 0].abs() - 0.035) ** 2 / 0.0003))[:, None]
+        cheek = torch.exp(
+            -((points[:, 1] - (self.eye_y - 0.03)) ** 2 / 0.0004 + (points[:, 0].abs() - 0.035) ** 2 / 0.0003)
+        )[:, None]
         rgb = rgb * (1 - 0.08 * cheek * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
         sigma = math.sqrt(float(self.area[self.skin].sum()) / count) * 1.0
         self._surface_gaussians(tri, bary, sigma, rgb, opacity=0.99)
@@ -248,8 +290,13 @@ class _GaussianGrower:
             c = self.centre
             rel_x = (c[:, 0] - cx) * math.copysign(1.0, cx)  # toward the temple is positive
             arch = self.eye_y + 0.016 + 0.004 * torch.cos(rel_x / 0.02 * math.pi / 2)
-            tri_mask = self.skin & (rel_x.abs() < 0.022) & ((c[:, 1] - arch).abs() < 0.0035) & (
-                self.normal[:, 2] > 0.3) & (c[:, 2] > self.eye_z - 0.01)
+            tri_mask = (
+                self.skin
+                & (rel_x.abs() < 0.022)
+                & ((c[:, 1] - arch).abs() < 0.0035)
+                & (self.normal[:, 2] > 0.3)
+                & (c[:, 2] > self.eye_z - 0.01)
+            )
             if not bool(tri_mask.any()):
                 continue
             tri, bary = self._sample(tri_mask, count_per_brow)
@@ -275,14 +322,16 @@ class _GaussianGrower:
         normal = self.normal[tri]
         # strands flow down and back from the crown
         crown = torch.tensor([0.0, self.eye_y + 0.12, self.eye_z - 0.08], dtype=torch.float64)
-        flow = torch.nn.functional.normalize(points - crown, dim=-1) + torch.tensor([0.0, -0.6, -0.2],
-                                                                                 dtype=torch.float64)
+        flow = torch.nn.functional.normalize(points - crown, dim=-1) + torch.tensor(
+            [0.0, -0.6, -0.2], dtype=torch.float64
+        )
         world_rot = self._oriented(tri, flow)
         lift = torch.from_numpy(self.rng.uniform(0.1, 1.0, count)) * thickness + 0.0008
         points = points + normal * lift[:, None]
         length = 0.004 + 0.006 * min(1.0, thickness / 0.012)
-        sigmas = torch.stack([torch.full((count,), length), torch.full((count,), 0.0006),
-                              torch.full((count,), 0.0011)], -1).double()
+        sigmas = torch.stack(
+            [torch.full((count,), length), torch.full((count,), 0.0006), torch.full((count,), 0.0011)], -1
+        ).double()
         shade = 0.75 + 0.25 * (lift / max(thickness, 1e-3)).clamp(0, 1)  # outer layers catch more light
         rgb = self._jitter(torch.tensor(look.hair, dtype=torch.float64), count, 0.12) * shade[:, None] + 0.01
         opacity = torch.from_numpy(self.rng.uniform(0.55, 0.9, count))

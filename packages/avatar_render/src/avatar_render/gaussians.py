@@ -87,15 +87,20 @@ class GaussianSet:
 
     # ------------------------------------------------------------------ construction / views
     @classmethod
-    def from_activated(cls, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, rgb: Tensor,
-                       sh_degree: int = 0) -> GaussianSet:
+    def from_activated(
+        cls, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, rgb: Tensor, sh_degree: int = 0
+    ) -> GaussianSet:
         """Build from activated values (scales > 0, opacities in (0, 1), rgb in [0, 1])."""
         eps = torch.finfo(opacities.dtype).eps
-        sh = torch.zeros(means.shape[0], sh_coeffs_for_degree(sh_degree), 3, dtype=means.dtype,
-                         device=means.device)
+        sh = torch.zeros(means.shape[0], sh_coeffs_for_degree(sh_degree), 3, dtype=means.dtype, device=means.device)
         sh[:, 0] = rgb_to_sh_dc(rgb)
-        return cls(means=means, quats=quats, log_scales=scales.log(),
-                   opacity_logits=torch.logit(opacities.clamp(eps, 1 - eps)), sh=sh)
+        return cls(
+            means=means,
+            quats=quats,
+            log_scales=scales.log(),
+            opacity_logits=torch.logit(opacities.clamp(eps, 1 - eps)),
+            sh=sh,
+        )
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -126,8 +131,11 @@ class GaussianSet:
     def with_sh_degree(self, degree: int) -> GaussianSet:
         """Truncate or zero-pad the SH coefficients to `degree`."""
         k = sh_coeffs_for_degree(degree)
-        sh = self.sh[:, :k] if k <= self.sh.shape[1] else torch.nn.functional.pad(
-            self.sh, (0, 0, 0, k - self.sh.shape[1]))
+        sh = (
+            self.sh[:, :k]
+            if k <= self.sh.shape[1]
+            else torch.nn.functional.pad(self.sh, (0, 0, 0, k - self.sh.shape[1]))
+        )
         return GaussianSet(self.means, self.quats, self.log_scales, self.opacity_logits, sh)
 
     def check_finite(self, source: str = "GaussianSet") -> None:

@@ -96,8 +96,7 @@ def rasterize_mesh(
     if vertices.dim() == 2:
         vertices = vertices.unsqueeze(0).expand(C, -1, -1)
     if vertices.shape[0] != C or Ks.shape[0] != C:
-        raise ValueError(f"rasterize_mesh: {vertices.shape[0]} vertex sets / {Ks.shape[0]} intrinsics for "
-                         f"{C} cameras")
+        raise ValueError(f"rasterize_mesh: {vertices.shape[0]} vertex sets / {Ks.shape[0]} intrinsics for {C} cameras")
     if faces.dim() != 2 or faces.shape[-1] != 3:
         raise ValueError(f"rasterize_mesh: faces must be [F, 3], got {tuple(faces.shape)}")
     if max_pairs < 1:
@@ -163,8 +162,18 @@ def rasterize_mesh(
                 base = int(cum_cpu[begin - 1]) if begin > 0 else 0
                 end = int(torch.searchsorted(cum_cpu, base + max_pairs, right=True))
                 end = max(end, begin + 1)
-                _rasterize_triangles(keys, sel[begin:end], sel_first[begin:end], sel_last[begin:end], edges,
-                                     top_left, inv_z, F, H, W)
+                _rasterize_triangles(
+                    keys,
+                    sel[begin:end],
+                    sel_first[begin:end],
+                    sel_last[begin:end],
+                    edges,
+                    top_left,
+                    inv_z,
+                    F,
+                    H,
+                    W,
+                )
                 begin = end
 
     # ---------------------------------------------------------------- resolve winners
@@ -183,8 +192,9 @@ def rasterize_mesh(
     qs = q.sum(-1, keepdim=True)
     bary = torch.zeros(C * H * W, 3, device=device, dtype=dtype).index_put((pix,), q / qs)
     depth = torch.zeros(C * H * W, device=device, dtype=dtype).index_put((pix,), w.sum(-1) / qs[:, 0])
-    return MeshFragments(face_ids=face_ids.reshape(C, H, W), bary=bary.reshape(C, H, W, 3),
-                         depth=depth.reshape(C, H, W))
+    return MeshFragments(
+        face_ids=face_ids.reshape(C, H, W), bary=bary.reshape(C, H, W, 3), depth=depth.reshape(C, H, W)
+    )
 
 
 def _rasterize_triangles(

@@ -32,10 +32,22 @@ class PlyFormatError(ValueError):
 
 #: PLY scalar type names (both spellings) -> little-endian numpy dtype.
 _PLY_TYPES: dict[str, str] = {
-    "char": "<i1", "int8": "<i1", "uchar": "<u1", "uint8": "<u1",
-    "short": "<i2", "int16": "<i2", "ushort": "<u2", "uint16": "<u2",
-    "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
-    "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
+    "char": "<i1",
+    "int8": "<i1",
+    "uchar": "<u1",
+    "uint8": "<u1",
+    "short": "<i2",
+    "int16": "<i2",
+    "ushort": "<u2",
+    "uint16": "<u2",
+    "int": "<i4",
+    "int32": "<i4",
+    "uint": "<u4",
+    "uint32": "<u4",
+    "float": "<f4",
+    "float32": "<f4",
+    "double": "<f8",
+    "float64": "<f8",
 }
 _FLOAT_DTYPES = {"<f4", "<f8"}
 
@@ -98,11 +110,13 @@ def _parse_header(lines: list[str], src: str) -> list[_Element]:
             if words[1] == "ascii":
                 raise PlyFormatError(f"{src}: ascii PLY is not supported (need binary_little_endian)")
             if words[1] == "binary_big_endian":
-                raise PlyFormatError(f"{src}: big-endian PLY (binary_big_endian) is not supported "
-                                     "(need binary_little_endian)")
+                raise PlyFormatError(
+                    f"{src}: big-endian PLY (binary_big_endian) is not supported (need binary_little_endian)"
+                )
             if words[1] != "binary_little_endian" or words[2] != "1.0":
-                raise PlyFormatError(f"{src}: unsupported format {' '.join(words[1:])!r} "
-                                     "(need binary_little_endian 1.0)")
+                raise PlyFormatError(
+                    f"{src}: unsupported format {' '.join(words[1:])!r} (need binary_little_endian 1.0)"
+                )
             fmt_seen = True
         elif key == "element":
             if len(words) != 3 or not words[2].isdigit():
@@ -131,12 +145,15 @@ def _rest_count(names: set[str], src: str) -> int:
     """Number of f_rest_* properties, checked to be a supported count numbered 0..M-1."""
     rest = [n for n in names if _REST_RE.fullmatch(n)]
     if len(rest) not in _DEGREE_FOR_REST:
-        raise PlyFormatError(f"{src}: unsupported number of f_rest properties: {len(rest)} "
-                             "(expected 0, 9, 24 or 45 for SH degree 0..3)")
+        raise PlyFormatError(
+            f"{src}: unsupported number of f_rest properties: {len(rest)} (expected 0, 9, 24 or 45 for SH degree 0..3)"
+        )
     for i in range(len(rest)):
         if f"f_rest_{i}" not in names:
-            raise PlyFormatError(f"{src}: missing required property 'f_rest_{i}' "
-                                 f"({len(rest)} f_rest properties must be numbered 0..{len(rest) - 1})")
+            raise PlyFormatError(
+                f"{src}: missing required property 'f_rest_{i}' "
+                f"({len(rest)} f_rest properties must be numbered 0..{len(rest) - 1})"
+            )
     return len(rest)
 
 
@@ -154,8 +171,10 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianSet:
     offset, vertex_offset = 0, 0
     for i, el in enumerate(elements):
         if el.list_props and el.count > 0:
-            raise PlyFormatError(f"{src}: element '{el.name}' has variable-size list property "
-                                 f"'{el.list_props[0]}'; only fixed-size elements are supported")
+            raise PlyFormatError(
+                f"{src}: element '{el.name}' has variable-size list property "
+                f"'{el.list_props[0]}'; only fixed-size elements are supported"
+            )
         if i == vertex_idx[0]:
             vertex_offset = offset
         offset += el.count * el.dtype().itemsize
@@ -179,12 +198,14 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianSet:
             if name not in types:
                 raise PlyFormatError(f"{src}: missing required property '{name}'")
             if types[name] not in _FLOAT_DTYPES:
-                raise PlyFormatError(f"{src}: property '{name}' has integer type {types[name]}; "
-                                     "expected float or double")
+                raise PlyFormatError(
+                    f"{src}: property '{name}' has integer type {types[name]}; expected float or double"
+                )
 
     if len(body) < expected:
-        raise PlyFormatError(f"{src}: truncated body: header promises {expected} bytes "
-                             f"({n} vertices), file has {len(body)}")
+        raise PlyFormatError(
+            f"{src}: truncated body: header promises {expected} bytes ({n} vertices), file has {len(body)}"
+        )
     # Trailing bytes beyond what the header describes are ignored, as other PLY readers do.
     records = np.frombuffer(body, dtype=vertex.dtype(), count=n, offset=vertex_offset)
 
@@ -196,8 +217,9 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianSet:
         if bad.any():
             col = int(np.flatnonzero(bad.any(axis=0))[0])
             rows = np.flatnonzero(bad[:, col])
-            raise PlyFormatError(f"{src}: property '{names[col]}' has {rows.size} non-finite values "
-                                 f"(first at vertex {int(rows[0])})")
+            raise PlyFormatError(
+                f"{src}: property '{names[col]}' has {rows.size} non-finite values (first at vertex {int(rows[0])})"
+            )
         return out
 
     cols = {key: columns(names) for key, names in groups.items()}
@@ -205,8 +227,10 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianSet:
     quats = cols["rot"].astype(np.float64)
     norms = np.linalg.norm(quats, axis=1)
     if (norms == 0).any():
-        raise PlyFormatError(f"{src}: rot_0..rot_3 has {int((norms == 0).sum())} zero-length "
-                             f"quaternions (first at vertex {int(np.flatnonzero(norms == 0)[0])})")
+        raise PlyFormatError(
+            f"{src}: rot_0..rot_3 has {int((norms == 0).sum())} zero-length "
+            f"quaternions (first at vertex {int(np.flatnonzero(norms == 0)[0])})"
+        )
     fix = np.abs(norms - 1.0) > _QUAT_UNIT_TOL
     quats_out = cols["rot"].copy()
     quats_out[fix] = (quats[fix] / norms[fix, None]).astype(np.float32)
@@ -218,17 +242,28 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianSet:
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
-    return GaussianSet(means=t(cols["means"]), quats=t(quats_out), log_scales=t(cols["scale"]),
-                       opacity_logits=t(cols["opacity"][:, 0]), sh=t(sh))
+    return GaussianSet(
+        means=t(cols["means"]),
+        quats=t(quats_out),
+        log_scales=t(cols["scale"]),
+        opacity_logits=t(cols["opacity"][:, 0]),
+        sh=t(sh),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- writing
 def _property_names(sh_degree: int, with_normals: bool) -> list[str]:
     """Property names in INRIA order."""
     n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
-    return (["x", "y", "z"] + (["nx", "ny", "nz"] if with_normals else [])
-            + [f"f_dc_{i}" for i in range(3)] + [f"f_rest_{i}" for i in range(n_rest)]
-            + ["opacity"] + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+    return (
+        ["x", "y", "z"]
+        + (["nx", "ny", "nz"] if with_normals else [])
+        + [f"f_dc_{i}" for i in range(3)]
+        + [f"f_rest_{i}" for i in range(n_rest)]
+        + ["opacity"]
+        + [f"scale_{i}" for i in range(3)]
+        + [f"rot_{i}" for i in range(4)]
+    )
 
 
 def _write_body(f: BinaryIO, data: np.ndarray) -> None:
@@ -257,14 +292,26 @@ def write_ply(gaussians: GaussianSet, path: str | os.PathLike[str], with_normals
     if with_normals:
         parts.append(np.zeros((n, 3), dtype=np.float32))
     k_rest = 3 * (sh.shape[1] - 1)
-    parts += [sh[:, 0], sh[:, 1:].transpose(0, 2, 1).reshape(n, k_rest),  # -> channel-major f_rest
-              arr(gaussians.opacity_logits, 1), arr(gaussians.log_scales, 3), arr(gaussians.quats, 4)]
+    parts += [
+        sh[:, 0],
+        sh[:, 1:].transpose(0, 2, 1).reshape(n, k_rest),  # -> channel-major f_rest
+        arr(gaussians.opacity_logits, 1),
+        arr(gaussians.log_scales, 3),
+        arr(gaussians.quats, 4),
+    ]
     # All properties are float32, so a C-contiguous [N, P] little-endian table has the record layout.
     data = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype="<f4")
     names = _property_names(degree, with_normals)
     assert data.shape[1] == len(names)
-    header = "".join(["ply\n", "format binary_little_endian 1.0\n", f"element vertex {n}\n",
-                      *(f"property float {name}\n" for name in names), "end_header\n"])
+    header = "".join(
+        [
+            "ply\n",
+            "format binary_little_endian 1.0\n",
+            f"element vertex {n}\n",
+            *(f"property float {name}\n" for name in names),
+            "end_header\n",
+        ]
+    )
 
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     # os.open with 0o666 lets the umask pick the final permissions (mkstemp would force 0600).

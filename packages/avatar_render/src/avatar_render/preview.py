@@ -13,14 +13,25 @@ from .avatar import Avatar
 from .camera import Camera
 
 
-def turntable_cameras(num_views: int, size_px: int, distance_m: float = 0.38, elevation_deg: float = 5.0,
-                      fov_deg: float = 53.1, target: tuple[float, float, float] = (0.0, -0.02, 0.0)) -> Camera:
+def turntable_cameras(
+    num_views: int,
+    size_px: int,
+    distance_m: float = 0.38,
+    elevation_deg: float = 5.0,
+    fov_deg: float = 53.1,
+    target: tuple[float, float, float] = (0.0, -0.02, 0.0),
+) -> Camera:
     """`num_views` cameras on a circle around the head, starting frontal (+Z), turning toward +X."""
     yaws = torch.linspace(0.0, 2 * math.pi, num_views + 1)[:-1]
     elevation = math.radians(elevation_deg)
-    eyes = torch.stack([distance_m * math.cos(elevation) * torch.sin(yaws),
-                        torch.full_like(yaws, distance_m * math.sin(elevation)),
-                        distance_m * math.cos(elevation) * torch.cos(yaws)], -1) + torch.tensor(target)
+    eyes = torch.stack(
+        [
+            distance_m * math.cos(elevation) * torch.sin(yaws),
+            torch.full_like(yaws, distance_m * math.sin(elevation)),
+            distance_m * math.cos(elevation) * torch.cos(yaws),
+        ],
+        -1,
+    ) + torch.tensor(target)
     return Camera.look_at(eyes, torch.tensor(target), size_px, size_px, fov_deg=fov_deg)
 
 
@@ -29,8 +40,9 @@ def most_expressive_frame(avatar: Avatar) -> int:
     return int(avatar.rig_weights(avatar.capture_codes).sum(-1).argmax())
 
 
-def contact_sheet(avatar: Avatar, num_views: int = 6, size_px: int = 256, backend: str = "auto",
-                  background: float = 1.0) -> np.ndarray:
+def contact_sheet(
+    avatar: Avatar, num_views: int = 6, size_px: int = 256, backend: str = "auto", background: float = 1.0
+) -> np.ndarray:
     """uint8 image [4*size, num_views*size, 3]: rows neutral RGB, neutral normals, expressive RGB and normals."""
     from .normals import encode_normals, render_normals
     from .render import render
@@ -44,8 +56,7 @@ def contact_sheet(avatar: Avatar, num_views: int = 6, size_px: int = 256, backen
     bg = torch.full((3,), background)
     for t in range(2):
         gaussians = posed.frame(t)
-        rgb = torch.cat([render(gaussians, cameras[i], backend=backend, background=bg).rgb
-                         for i in range(num_views)])
+        rgb = torch.cat([render(gaussians, cameras[i], backend=backend, background=bg).rgb for i in range(num_views)])
         normals, mask = render_normals(posed.vertices[t], posed.faces, cameras)
         rows.append(_strip((rgb.clamp(0, 1) * 255).round().to(torch.uint8)))
         rows.append(_strip(encode_normals(normals, mask)))

@@ -59,12 +59,16 @@ def project_gaussians(
     """Project N Gaussians into C pinhole cameras exactly as gsplat's fused CUDA projection does."""
     n = means.shape[0]
     if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) or opacities.shape != (n,):
-        raise ValueError(f"project_gaussians: bad shapes means {tuple(means.shape)}, quats "
-                         f"{tuple(quats.shape)}, scales {tuple(scales.shape)}, "
-                         f"opacities {tuple(opacities.shape)}")
+        raise ValueError(
+            f"project_gaussians: bad shapes means {tuple(means.shape)}, quats "
+            f"{tuple(quats.shape)}, scales {tuple(scales.shape)}, "
+            f"opacities {tuple(opacities.shape)}"
+        )
     if viewmats.dim() != 3 or viewmats.shape[1:] != (4, 4) or Ks.shape != (viewmats.shape[0], 3, 3):
-        raise ValueError(f"project_gaussians: expected viewmats [C,4,4] and Ks [C,3,3], got "
-                         f"{tuple(viewmats.shape)} and {tuple(Ks.shape)}")
+        raise ValueError(
+            f"project_gaussians: expected viewmats [C,4,4] and Ks [C,3,3], got "
+            f"{tuple(viewmats.shape)} and {tuple(Ks.shape)}"
+        )
     dtype = means.dtype
     viewmats = viewmats.to(dtype)
     Ks = Ks.to(dtype)
@@ -94,8 +98,9 @@ def project_gaussians(
     ty = zs * torch.clamp(y * rz, min=-lim_y_neg, max=lim_y_pos)
 
     zero = torch.zeros_like(zs)
-    jac = torch.stack([fx * rz, zero, -fx * tx * rz * rz,
-                       zero, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(zs.shape + (2, 3))  # [C, N, 2, 3]
+    jac = torch.stack([fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(
+        zs.shape + (2, 3)
+    )  # [C, N, 2, 3]
     cov2d = jac @ covar_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)  # [C, N, 2]; no skew, like the kernel
 
@@ -113,8 +118,9 @@ def project_gaussians(
     if antialiased:
         ratio = det_orig / det_s
         pos = ratio > 0
-        compensations = torch.where(pos, torch.sqrt(torch.where(pos, ratio, torch.ones_like(ratio))),
-                                    torch.zeros_like(ratio))
+        compensations = torch.where(
+            pos, torch.sqrt(torch.where(pos, ratio, torch.ones_like(ratio))), torch.zeros_like(ratio)
+        )
         opac = opac * compensations
 
     with torch.no_grad():
@@ -125,13 +131,14 @@ def project_gaussians(
         rad_x = torch.ceil(extend * torch.sqrt(a.clamp_min(0)))
         rad_y = torch.ceil(extend * torch.sqrt(c.clamp_min(0)))
         mx, my = means2d[..., 0], means2d[..., 1]
-        on_image = ((mx + rad_x > 0) & (mx - rad_x < width) & (my + rad_y > 0) & (my - rad_y < height))
+        on_image = (mx + rad_x > 0) & (mx - rad_x < width) & (my + rad_y > 0) & (my - rad_y < height)
         visible = depth_ok & det_ok & opac_ok & ((rad_x > 0) | (rad_y > 0)) & on_image
         radii = torch.stack([rad_x, rad_y], dim=-1)
         radii = torch.where(visible[..., None] & torch.isfinite(radii), radii, 0.0).to(torch.int32)
 
-    return ProjectedGaussians(means2d=means2d, conics=conics, depths=z, radii=radii, opacities=opac,
-                              compensations=compensations)
+    return ProjectedGaussians(
+        means2d=means2d, conics=conics, depths=z, radii=radii, opacities=opac, compensations=compensations
+    )
 
 
 def camera_centres(viewmats: Tensor) -> Tensor:  # [C, 4, 4] -> [C, 3]
@@ -139,5 +146,11 @@ def camera_centres(viewmats: Tensor) -> Tensor:  # [C, 4, 4] -> [C, 3]
     return torch.linalg.inv(viewmats)[:, :3, 3]
 
 
-__all__ = ["ALPHA_THRESHOLD", "MAX_EXTENT_SIGMAS", "ProjectedGaussians", "camera_centres", "covariance_3d",
-           "project_gaussians"]
+__all__ = [
+    "ALPHA_THRESHOLD",
+    "MAX_EXTENT_SIGMAS",
+    "ProjectedGaussians",
+    "camera_centres",
+    "covariance_3d",
+    "project_gaussians",
+]

@@ -170,8 +170,9 @@ class _RecomputedChunk(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        inputs = [x.detach().requires_grad_(need) for x, need in zip(ctx.saved_tensors, ctx.needs_input_grad,
-                                                                      strict=True)]
+        inputs = [
+            x.detach().requires_grad_(need) for x, need in zip(ctx.saved_tensors, ctx.needs_input_grad, strict=True)
+        ]
         wanted = [x for x in inputs if x.requires_grad]
         if not wanted:
             return (None,) * len(inputs)
@@ -196,22 +197,28 @@ def rasterize_to_pixels(
 ) -> tuple[Tensor, Tensor]:  # colors [C, H, W, D], alphas [C, H, W, 1]
     """Alpha-composite projected Gaussians front to back, as gsplat's CUDA rasterizer does.
 
-    Differentiable w.r.t. means2d, conics, colors, opacities (and backgrounds). Peak memory of the
-    per-pixel work is bounded by `max_chunk_elements` (elements of one [tiles, pixels, Gaussians] chunk).
+    Differentiable w.r.t. means2d, conics, colors, opacities (and backgrounds). The per-pixel work is
+    done in chunks of at most `max_chunk_elements` (tiles x pixels x Gaussians); a chunk keeps about
+    eight such tensors alive, so the default 2**24 peaks near 0.5 GiB in float32 (1 GiB in float64).
     The returned alpha is sum_k alpha_k T_k, which equals the kernel's 1 - T up to rounding.
     """
     cams, n = means2d.shape[:2]
     d = colors.shape[-1]
     if conics.shape != (cams, n, 3) or colors.shape[:2] != (cams, n) or opacities.shape != (cams, n):
-        raise ValueError(f"rasterize_to_pixels: inconsistent shapes means2d {tuple(means2d.shape)}, "
-                         f"conics {tuple(conics.shape)}, colors {tuple(colors.shape)}, "
-                         f"opacities {tuple(opacities.shape)}")
+        raise ValueError(
+            f"rasterize_to_pixels: inconsistent shapes means2d {tuple(means2d.shape)}, "
+            f"conics {tuple(conics.shape)}, colors {tuple(colors.shape)}, "
+            f"opacities {tuple(opacities.shape)}"
+        )
     if radii.shape != (cams, n, 2) or depths.shape != (cams, n):
-        raise ValueError(f"rasterize_to_pixels: radii must be [C,N,2] and depths [C,N], got "
-                         f"{tuple(radii.shape)}, {tuple(depths.shape)}")
+        raise ValueError(
+            f"rasterize_to_pixels: radii must be [C,N,2] and depths [C,N], got "
+            f"{tuple(radii.shape)}, {tuple(depths.shape)}"
+        )
     if max_chunk_elements < tile_size * tile_size:
-        raise ValueError(f"max_chunk_elements must hold at least one tile ({tile_size * tile_size}), "
-                         f"got {max_chunk_elements}")
+        raise ValueError(
+            f"max_chunk_elements must hold at least one tile ({tile_size * tile_size}), got {max_chunk_elements}"
+        )
     dtype, device = means2d.dtype, means2d.device
     ts = int(tile_size)
     tile_w, tile_h = math.ceil(width / ts), math.ceil(height / ts)
@@ -225,8 +232,7 @@ def rasterize_to_pixels(
     # A channel of ones makes the same matmul return sum(weights) = 1 - T, the pixel's alpha.
     ones = torch.ones(cams * n, 1, dtype=dtype, device=device)
     col_flat = torch.cat([colors.to(dtype).reshape(-1, d), ones], dim=1)  # [C * N, D + 1]
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (means2d, conics, colors, opacities))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (means2d, conics, colors, opacities))
 
     counts = offsets[1:] - offsets[:-1]  # [C * tiles]
     nonempty = torch.nonzero(counts > 0).squeeze(1)
@@ -257,9 +263,15 @@ def rasterize_to_pixels(
             pos = lo + offs  # [M]
             in_list = pos[None, :] < tcounts[active, None]  # [A, M]
             gid = flat_ids[torch.where(in_list, starts[active, None] + pos[None, :], 0)]  # [A, M] into C * N
-            args = (m2_flat[gid], con_flat[gid], op_flat[gid] * in_list, col_flat[gid],
-                    px_all if everyone else px_all[active], py_all if everyone else py_all[active],
-                    r_run if everyone else r_run[active])
+            args = (
+                m2_flat[gid],
+                con_flat[gid],
+                op_flat[gid] * in_list,
+                col_flat[gid],
+                px_all if everyone else px_all[active],
+                py_all if everyone else py_all[active],
+                r_run if everyone else r_run[active],
+            )
             out, r_new = _RecomputedChunk.apply(*args) if needs_grad else _composite_chunk(*args)
             # In place when no graph is being built; out of place otherwise, so autograd sees every step.
             if everyone:
@@ -289,8 +301,9 @@ def rasterize_to_pixels(
 def _tiles_to_image(x: Tensor, cams: int, tile_h: int, tile_w: int, ts: int) -> Tensor:
     """[C * tiles, S * S, D] -> [C, tile_h * S, tile_w * S, D]."""
     d = x.shape[-1]
-    return (x.reshape(cams, tile_h, tile_w, ts, ts, d).permute(0, 1, 3, 2, 4, 5)
-            .reshape(cams, tile_h * ts, tile_w * ts, d))
+    return (
+        x.reshape(cams, tile_h, tile_w, ts, ts, d).permute(0, 1, 3, 2, 4, 5).reshape(cams, tile_h * ts, tile_w * ts, d)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- full pipeline
@@ -324,19 +337,33 @@ def rasterization_cpu(
     if rasterize_mode not in RASTERIZE_MODES:
         raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
     n, cams = means.shape[0], viewmats.shape[0]
-    proj = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
-                             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
-                             antialiased=rasterize_mode == "antialiased")
+    proj = project_gaussians(
+        means,
+        quats,
+        scales,
+        opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        eps2d=eps2d,
+        antialiased=rasterize_mode == "antialiased",
+    )
 
     if sh_degree is None:
         if colors.dim() == 2 and colors.shape[0] == n:
             colors = colors[None].expand(cams, n, colors.shape[-1])
         elif not (colors.dim() == 3 and colors.shape[:2] == (cams, n)):
-            raise ValueError(f"colors must be [N, D] or [C, N, D] without sh_degree, "
-                             f"got {tuple(colors.shape)}")
+            raise ValueError(f"colors must be [N, D] or [C, N, D] without sh_degree, got {tuple(colors.shape)}")
     else:
-        if not (colors.dim() in (3, 4) and colors.shape[-1] == 3 and colors.shape[-3] == n
-                and (colors.dim() == 3 or colors.shape[0] == cams)):
+        if not (
+            colors.dim() in (3, 4)
+            and colors.shape[-1] == 3
+            and colors.shape[-3] == n
+            and (colors.dim() == 3 or colors.shape[0] == cams)
+        ):
             raise ValueError(f"SH colors must be [N, K, 3] or [C, N, K, 3], got {tuple(colors.shape)}")
         dirs = means[None] - camera_centres(viewmats.to(means.dtype))[:, None]  # [C, N, 3]
         sh = colors if colors.dim() == 4 else colors[None]
@@ -353,12 +380,31 @@ def rasterization_cpu(
             backgrounds = backgrounds.new_zeros(cams, 1)
 
     render_colors, render_alphas = rasterize_to_pixels(
-        proj.means2d, proj.conics, colors, proj.opacities, proj.radii, proj.depths, width, height,
-        backgrounds=backgrounds, tile_size=tile_size, max_chunk_elements=max_chunk_elements)
+        proj.means2d,
+        proj.conics,
+        colors,
+        proj.opacities,
+        proj.radii,
+        proj.depths,
+        width,
+        height,
+        backgrounds=backgrounds,
+        tile_size=tile_size,
+        max_chunk_elements=max_chunk_elements,
+    )
     if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat([render_colors[..., :-1],
-                                   render_colors[..., -1:] / render_alphas.clamp_min(1e-10)], dim=-1)
-    meta = {"radii": proj.radii, "means2d": proj.means2d, "depths": proj.depths, "conics": proj.conics,
-            "opacities": proj.opacities, "width": width, "height": height, "tile_size": tile_size,
-            "n_cameras": cams}
+        render_colors = torch.cat(
+            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp_min(1e-10)], dim=-1
+        )
+    meta = {
+        "radii": proj.radii,
+        "means2d": proj.means2d,
+        "depths": proj.depths,
+        "conics": proj.conics,
+        "opacities": proj.opacities,
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_cameras": cams,
+    }
     return render_colors, render_alphas, meta

@@ -28,8 +28,10 @@ def _resolve_backend(backend: str, gaussians: GaussianSet) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "gsplat" and not torch.cuda.is_available():
-        raise RuntimeError("render backend 'gsplat' needs a CUDA device (gsplat's rasterizer is CUDA-only), "
-                           "but torch.cuda.is_available() is False; use backend='cpu' or 'auto'")
+        raise RuntimeError(
+            "render backend 'gsplat' needs a CUDA device (gsplat's rasterizer is CUDA-only), "
+            "but torch.cuda.is_available() is False; use backend='cpu' or 'auto'"
+        )
     if backend == "auto":
         # gsplat's kernels are float32-only; float64 scenes (e.g. gradient checks) stay on the CPU path.
         use_gsplat = torch.cuda.is_available() and gaussians.dtype == torch.float32
@@ -72,15 +74,27 @@ def render(
     dtype, device = gaussians.dtype, gaussians.device
     cameras = cameras.to(device=device, dtype=dtype)
     colors, alphas, _ = rasterization_cpu(
-        gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.sh,
-        cameras.viewmat, cameras.K, cameras.width, cameras.height, near_plane=near_plane,
-        sh_degree=gaussians.sh_degree, backgrounds=_backgrounds(background, cams, gaussians.means),
-        render_mode="RGB+ED", rasterize_mode=rasterize_mode)
+        gaussians.means,
+        gaussians.quats,
+        gaussians.scales,
+        gaussians.opacities,
+        gaussians.sh,
+        cameras.viewmat,
+        cameras.K,
+        cameras.width,
+        cameras.height,
+        near_plane=near_plane,
+        sh_degree=gaussians.sh_degree,
+        backgrounds=_backgrounds(background, cams, gaussians.means),
+        render_mode="RGB+ED",
+        rasterize_mode=rasterize_mode,
+    )
     return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4])
 
 
-def _render_gsplat(gaussians: GaussianSet, cameras: Camera, background: Tensor | None, near_plane: float,
-                   rasterize_mode: str) -> RenderOutput:
+def _render_gsplat(
+    gaussians: GaussianSet, cameras: Camera, background: Tensor | None, near_plane: float, rasterize_mode: str
+) -> RenderOutput:
     import gsplat  # lazy: importing gsplat pulls in its JIT-compiled CUDA extension machinery
 
     home = gaussians.device
@@ -88,10 +102,25 @@ def _render_gsplat(gaussians: GaussianSet, cameras: Camera, background: Tensor |
     dev = home if home.type == "cuda" else torch.device("cuda")
     g = gaussians.to(device=dev, dtype=torch.float32)  # gsplat's rasterizer kernels are float32-only
     cams = cameras.to(device=dev, dtype=torch.float32)
+    # packed=False: gsplat 1.5.3's packed path asserts backgrounds.shape == (channels,), so it rejects
+    # the per-camera [C, D] backgrounds that rasterization() documents.
     colors, alphas, _ = gsplat.rasterization(
-        g.means, g.quats, g.scales, g.opacities, g.sh, cams.viewmat, cams.K, cams.width, cams.height,
-        near_plane=near_plane, sh_degree=g.sh_degree, render_mode="RGB+ED", rasterize_mode=rasterize_mode,
-        backgrounds=_backgrounds(background, len(cams), g.means))
+        g.means,
+        g.quats,
+        g.scales,
+        g.opacities,
+        g.sh,
+        cams.viewmat,
+        cams.K,
+        cams.width,
+        cams.height,
+        near_plane=near_plane,
+        sh_degree=g.sh_degree,
+        render_mode="RGB+ED",
+        rasterize_mode=rasterize_mode,
+        backgrounds=_backgrounds(background, len(cams), g.means),
+        packed=False,
+    )
     colors = colors.to(device=home, dtype=dtype)
     alphas = alphas.to(device=home, dtype=dtype)
     return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4])

@@ -39,8 +39,15 @@ def sh_basis(dirs: Tensor, degree: int) -> Tensor:  # [..., 3] unit -> [..., (de
         c2 = x * c1 - y * s1
         s2 = x * s1 + y * c1
         sh12 = z * (1.865881662950577 * z2 - 1.119528997770346)
-        bases += [-0.5900435899266435 * s2, tmp_b3 * s1, tmp_c * y, sh12, tmp_c * x, tmp_b3 * c1,
-                  -0.5900435899266435 * c2]
+        bases += [
+            -0.5900435899266435 * s2,
+            tmp_b3 * s1,
+            tmp_c * y,
+            sh12,
+            tmp_c * x,
+            tmp_b3 * c1,
+            -0.5900435899266435 * c2,
+        ]
     if degree >= 4:
         tmp_d = z * (-4.683325804901025 * z2 + 2.007139630671868)
         tmp_c4 = 3.31161143515146 * z2 - 0.47308734787878
@@ -48,8 +55,17 @@ def sh_basis(dirs: Tensor, degree: int) -> Tensor:  # [..., 3] unit -> [..., (de
         c3 = x * c2 - y * s2
         s3 = x * s2 + y * c2
         sh20 = 1.984313483298443 * z * sh12 - 1.006230589874905 * sh6
-        bases += [0.6258357354491763 * s3, tmp_b4 * s2, tmp_c4 * s1, tmp_d * y, sh20, tmp_d * x,
-                  tmp_c4 * c1, tmp_b4 * c2, 0.6258357354491763 * c3]
+        bases += [
+            0.6258357354491763 * s3,
+            tmp_b4 * s2,
+            tmp_c4 * s1,
+            tmp_d * y,
+            sh20,
+            tmp_d * x,
+            tmp_c4 * c1,
+            tmp_b4 * c2,
+            0.6258357354491763 * c3,
+        ]
     return torch.stack(bases, dim=-1)
 
 
@@ -66,8 +82,7 @@ def eval_sh_colors(
     if sh.shape[-2] < num:
         raise ValueError(f"SH degree {degree} needs {num} coefficients, got {sh.shape[-2]}")
     if sh.shape[-1] != 3 or dirs.shape[-1] != 3:
-        raise ValueError(f"expected sh [..., K, 3] and dirs [..., 3], "
-                         f"got {tuple(sh.shape)} and {tuple(dirs.shape)}")
+        raise ValueError(f"expected sh [..., K, 3] and dirs [..., 3], got {tuple(sh.shape)} and {tuple(dirs.shape)}")
     basis = sh_basis(F.normalize(dirs, dim=-1), degree).to(sh.dtype)  # [..., num]
     return (basis.unsqueeze(-1) * sh[..., :num, :]).sum(dim=-2)
 
