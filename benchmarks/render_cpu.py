@@ -12,6 +12,7 @@ import resource
 import time
 
 import torch
+
 from avatar_render import Camera, load_avatar
 from avatar_render.projection import project_gaussians
 from avatar_render.rasterize_cpu import rasterize_to_pixels

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from avatar_render.camera import Camera, intrinsics
 from avatar_render.geometry import quat_to_rotmat
 from avatar_render.mesh_raster import rasterize_mesh
 from avatar_render.normals import decode_normals, encode_normals, render_normals, vertex_normals
-from torch import Tensor
 
 
 # ---------------------------------------------------------------------------- helpers

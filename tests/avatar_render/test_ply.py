@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from avatar_render import ply
 from avatar_render.gaussians import GaussianSet
 from avatar_render.ply import PlyFormatError, read_ply, write_ply

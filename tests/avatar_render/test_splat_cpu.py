@@ -12,13 +12,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
+
 from avatar_render.camera import Camera, intrinsics
 from avatar_render.gaussians import GaussianSet
 from avatar_render.projection import project_gaussians
 from avatar_render.rasterize_cpu import rasterization_cpu, rasterize_to_pixels
-from avatar_render.render import render
+from avatar_render.rendering import render
 from avatar_render.sh import eval_sh_colors
-from torch import Tensor
 
 CUDA = torch.cuda.is_available()
 

@@ -22,8 +22,8 @@ _EXPORTS = {
     "PlyFormatError": "ply",
     "Camera": "camera",
     "look_at_viewmat": "camera",
-    "render": "render",
-    "RenderOutput": "render",
+    "render": "rendering",
+    "RenderOutput": "rendering",
     "render_normals": "normals",
     "encode_normals": "normals",
     "decode_normals": "normals",
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from .mesh_raster import rasterize_mesh
     from .normals import decode_normals, encode_normals, render_normals, vertex_normals
     from .ply import PlyFormatError, read_ply, write_ply
-    from .render import RenderOutput, render
+    from .rendering import RenderOutput, render
 
 
 def __getattr__(name: str) -> Any:

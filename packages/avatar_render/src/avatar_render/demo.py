@@ -172,12 +172,20 @@ class _GaussianGrower:
         self.eye_z = float(eye_left[2])
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, tri_mask: Tensor, count: int) -> tuple[Tensor, Tensor]:
-        """`count` points uniformly by area on the masked triangles -> (triangle ids, barycentrics)."""
+    def _sample(self, tri_mask: Tensor, count: int, cover_every_triangle: bool = False) -> tuple[Tensor, Tensor]:
+        """`count` points on the masked triangles -> (triangle ids, barycentrics).
+
+        Uniform by area; with `cover_every_triangle`, each triangle first gets one point, so that small
+        triangles (eyelids, lips) are covered by their own small Gaussians.
+        """
         ids = torch.nonzero(tri_mask).squeeze(-1).numpy()
         prob = self.area[ids].numpy()
-        tri = self.rng.choice(ids, size=count, p=prob / prob.sum())
-        r1, r2 = np.sqrt(self.rng.random(count)), self.rng.random(count)
+        if cover_every_triangle and count > len(ids):
+            extra = self.rng.choice(ids, size=count - len(ids), p=prob / prob.sum())
+            tri = np.concatenate([ids, extra])
+        else:
+            tri = self.rng.choice(ids, size=count, p=prob / prob.sum())
+        r1, r2 = np.sqrt(self.rng.random(len(tri))), self.rng.random(len(tri))
         bary = np.stack([1 - r1, r1 * (1 - r2), r1 * r2], -1)
         return torch.from_numpy(tri).long(), torch.from_numpy(bary)
 
@@ -209,13 +217,18 @@ class _GaussianGrower:
     def _surface_gaussians(
         self, tri: Tensor, bary: Tensor, sigma: float, rgb: Tensor, opacity: float, thickness: float = 0.15
     ) -> None:
-        """Flat Gaussians lying in their triangle's plane (thin along the normal)."""
-        sigmas = torch.tensor([sigma, sigma * thickness, sigma], dtype=torch.float64).expand(len(tri), 3)
+        """Flat Gaussians lying in their triangle's plane (thin along the normal).
+
+        The in-plane size is `sigma`, but never much more than the triangle itself, so Gaussians on small
+        triangles (eyelid rims, lip edges) do not spill over openings in the mesh.
+        """
+        size = torch.minimum(torch.full((len(tri),), sigma, dtype=torch.float64), 0.9 * self.area[tri].sqrt())
+        sigmas = torch.stack([size, size * thickness, size], -1)
         self._add(
             tri,
             self._point(tri, bary),
             self.rot[tri],
-            sigmas.clone(),
+            sigmas,
             rgb,
             torch.full((len(tri),), opacity, dtype=torch.float64),
         )
@@ -232,17 +245,17 @@ class _GaussianGrower:
         self.grow_brows(look)
         self.grow_hair(look)
 
-    def grow_skin(self, look: DemoLook, count: int = 16000) -> None:
-        tri, bary = self._sample(self.skin, count)
+    def grow_skin(self, look: DemoLook, count: int = 18000) -> None:
+        tri, bary = self._sample(self.skin, count, cover_every_triangle=True)
         skin = torch.tensor(look.skin, dtype=torch.float64)
         rgb = self._jitter(skin, count, 0.03)
-        lips = ((self._mask_at("lips", tri, bary) - 0.35) / 0.4).clamp(0, 1)[:, None]
-        lip_colour = skin * torch.tensor([0.78, 0.52, 0.52], dtype=torch.float64)
+        lips = 0.6 * ((self._mask_at("lips", tri, bary) - 0.85) / 0.15).clamp(0, 1)[:, None]
+        lip_colour = skin * torch.tensor([0.85, 0.55, 0.55], dtype=torch.float64)
         rgb = rgb * (1 - lips) + lip_colour * lips
         mouth = self._mask_at("inside-mouth", tri, bary).clamp(0, 1)[:, None]
         rgb = rgb * (1 - mouth) + torch.tensor([0.32, 0.08, 0.09], dtype=torch.float64) * mouth
         ears = self._mask_at("ears", tri, bary).clamp(0, 1)[:, None]
-        rgb = rgb * (1 - 0.12 * ears * torch.tensor([0.3, 1.0, 1.0], dtype=torch.float64))
+        rgb = rgb * (1 - 0.04 * ears * torch.tensor([0.3, 1.0, 1.0], dtype=torch.float64))
         # slight blush on the cheeks: front-facing skin level with the nose, off the midline
         points = self._point(tri, bary)
         cheek = torch.exp(
@@ -256,7 +269,7 @@ class _GaussianGrower:
         iris = torch.tensor(look.eyes, dtype=torch.float64)
         for piece_id, centre in ((2, self.eye_centres[0]), (3, self.eye_centres[1])):
             tri_mask = (self.face_piece == piece_id).all(-1)
-            tri, bary = self._sample(tri_mask, count_per_eye)
+            tri, bary = self._sample(tri_mask, count_per_eye, cover_every_triangle=True)
             points = self._point(tri, bary)
             direction = torch.nn.functional.normalize(points - centre, dim=-1)
             angle = torch.rad2deg(torch.acos(direction[:, 2].clamp(-1, 1)))  # gaze is +Z in the canonical frame
@@ -282,7 +295,7 @@ class _GaussianGrower:
         third = torch.cross(tangent, normal, dim=-1)
         return torch.stack([tangent, normal, third], dim=-1)
 
-    def grow_brows(self, look: DemoLook, count_per_brow: int = 500) -> None:
+    def grow_brows(self, look: DemoLook, count_per_brow: int = 350) -> None:
         hair = torch.tensor(look.hair, dtype=torch.float64)
         brow_colour = hair * 0.8 + 0.03
         for centre in self.eye_centres:
@@ -305,7 +318,7 @@ class _GaussianGrower:
             world_rot = self._oriented(tri, direction)
             # lift off the skin a little so brows sit on top of it
             points = points + self.normal[tri] * 0.0006
-            sigmas = torch.tensor([0.0018, 0.0002, 0.0004], dtype=torch.float64).expand(len(tri), 3).clone()
+            sigmas = torch.tensor([0.0016, 0.0002, 0.0003], dtype=torch.float64).expand(len(tri), 3).clone()
             rgb = self._jitter(brow_colour, len(tri), 0.08)
             self._add(tri, points, world_rot, sigmas, rgb, torch.full((len(tri),), 0.8, dtype=torch.float64))
 

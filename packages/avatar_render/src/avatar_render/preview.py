@@ -16,10 +16,10 @@ from .camera import Camera
 def turntable_cameras(
     num_views: int,
     size_px: int,
-    distance_m: float = 0.38,
+    distance_m: float = 0.30,
     elevation_deg: float = 5.0,
     fov_deg: float = 53.1,
-    target: tuple[float, float, float] = (0.0, -0.02, 0.0),
+    target: tuple[float, float, float] = (0.0, -0.035, 0.0),
 ) -> Camera:
     """`num_views` cameras on a circle around the head, starting frontal (+Z), turning toward +X."""
     yaws = torch.linspace(0.0, 2 * math.pi, num_views + 1)[:-1]
@@ -35,9 +35,28 @@ def turntable_cameras(
     return Camera.look_at(eyes, torch.tensor(target), size_px, size_px, fov_deg=fov_deg)
 
 
-def most_expressive_frame(avatar: Avatar) -> int:
-    """Index of the capture frame with the largest total rig activation."""
-    return int(avatar.rig_weights(avatar.capture_codes).sum(-1).argmax())
+#: A broad, readable expression for previews: open smiling mouth, raised brows.
+PREVIEW_EXPRESSION = {
+    "jawOpen": 0.45,
+    "mouthSmileLeft": 0.8,
+    "mouthSmileRight": 0.8,
+    "browInnerUp": 0.6,
+    "browOuterUpLeft": 0.5,
+    "browOuterUpRight": 0.5,
+    "cheekSquintLeft": 0.3,
+    "cheekSquintRight": 0.3,
+}
+
+
+def expressive_code(avatar: Avatar) -> Tensor:  # [D]
+    """The preview expression as a code; the most active capture frame if the rig has no ARKit names."""
+    labels = avatar.expression_labels
+    if not all(name in labels for name in PREVIEW_EXPRESSION):
+        return avatar.capture_codes[int(avatar.rig_weights(avatar.capture_codes).sum(-1).argmax())]
+    weights = torch.zeros(1, len(labels))
+    for name, value in PREVIEW_EXPRESSION.items():
+        weights[0, labels.index(name)] = value
+    return avatar.codes_from_rig_weights(weights)[0]
 
 
 def contact_sheet(
@@ -45,11 +64,10 @@ def contact_sheet(
 ) -> np.ndarray:
     """uint8 image [4*size, num_views*size, 3]: rows neutral RGB, neutral normals, expressive RGB and normals."""
     from .normals import encode_normals, render_normals
-    from .render import render
+    from .rendering import render
 
     cameras = turntable_cameras(num_views, size_px)
-    frame = most_expressive_frame(avatar)
-    codes = torch.stack([torch.zeros(avatar.expression_dim), avatar.capture_codes[frame]])
+    codes = torch.stack([torch.zeros(avatar.expression_dim), expressive_code(avatar)])
     poses = torch.zeros(2, 6)  # expression only: the turntable already shows the head from all sides
     posed = avatar.pose(codes, poses)
     rows: list[Tensor] = []
