@@ -50,6 +50,11 @@ def _backgrounds(background: Tensor | None, cams: int, like: Tensor) -> Tensor |
     raise ValueError(f"background must be [3] or [C, 3] = [{cams}, 3], got {tuple(bg.shape)}")
 
 
+#: Tile size of the CPU backend. gsplat's CUDA kernels use 16; on a CPU, 8x8 tiles waste fewer evaluations on
+#: small Gaussians and measured 1.2-1.5x faster on demo avatars at 64-512 px (same image: tiling is exact).
+CPU_TILE_SIZE = 8
+
+
 def render(
     gaussians: GaussianSet,
     cameras: Camera,
@@ -87,6 +92,7 @@ def render(
         sh_degree=gaussians.sh_degree,
         backgrounds=_backgrounds(background, cams, gaussians.means),
         render_mode="RGB+ED",
+        tile_size=CPU_TILE_SIZE,
         rasterize_mode=rasterize_mode,
     )
     return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=colors[..., 3:4])

@@ -1,1 +1,3 @@
-"""Synthetic ViewSweep / DynamicSweep data generation."""
+"""Synthetic ViewSweep / DynamicSweep data generation: trajectories, plans, rendering with Ray, manifests."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""Typed settings of a render job, loaded from a TOML file (one per render mode) and overridden by CLI flags.
+
+Defaults are the paper's numbers (Sec. 3.2, 7.3, 7.4; CONVENTIONS 4); `configs/demo.toml` is a small preset
+that runs the same code on a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .trajectories import SpinConfig, SpiralConfig
+
+MODES = ("viewsweep", "dynamicsweep")
+BACKENDS = ("auto", "cpu", "gsplat")
+#: Paper numbers per mode: sequences per identity and frames per sequence.
+MODE_DEFAULTS = {"viewsweep": {"sequences": 128, "frames": 100}, "dynamicsweep": {"sequences": 32, "frames": 128}}
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the file (or flag), the field and the value."""
+
+
+@dataclass
+class VideoConfig:
+    crf: int = 18  # H.264 constant rate factor of the RGB video (lower = better)
+    normal_crf: int = 10  # normal maps feed the model as geometry: keep them near-lossless
+    preset: str = "medium"
+    pix_fmt: str = "yuv420p"
+
+
+@dataclass
+class RenderConfig:
+    mode: str = "dynamicsweep"
+    sequences: int = 32
+    frames: int = 128
+    resolution: int = 1024
+    fps: float = 25.0  # paper: missing; the demo capture tracks run at 25 fps
+    fov_deg: float = 53.1  # CONVENTIONS 1: a square crop of an iPhone-like 26 mm camera
+    seed: int = 0
+    spin_every: int = 2  # sequence index % spin_every == 0 -> spin, else spiral (16 + 16 of 32)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    backend: str = "auto"
+    workers: int = 2
+    ray_address: str | None = None
+    avatar_dir: str | None = None
+    torch_threads: int = 1  # per worker: one task per core scales better than threads inside a task
+    spin: SpinConfig = field(default_factory=SpinConfig)
+    spiral: SpiralConfig = field(default_factory=SpiralConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+
+    def __post_init__(self) -> None:
+        self.validate("RenderConfig")
+
+    @classmethod
+    def for_mode(cls, mode: str, **overrides: Any) -> RenderConfig:
+        """The paper's settings for `mode`, with overrides."""
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return cls(mode=mode, **{**MODE_DEFAULTS[mode], **overrides})
+
+    def validate(self, source: str) -> None:
+        def need(ok: bool, name: str, value: Any, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: field '{name}' = {value!r}: {what}")
+
+        need(self.mode in MODES, "mode", self.mode, f"expected one of {', '.join(MODES)}")
+        need(self.backend in BACKENDS, "backend", self.backend, f"expected one of {', '.join(BACKENDS)}")
+        need(self.sequences >= 1, "sequences", self.sequences, "must be >= 1")
+        need(self.frames >= 1, "frames", self.frames, "must be >= 1")
+        need(self.resolution >= 16 and self.resolution % 2 == 0, "resolution", self.resolution, "must be even, >= 16")
+        need(self.fps > 0, "fps", self.fps, "must be > 0")
+        need(0 < self.fov_deg < 180, "fov_deg", self.fov_deg, "must be in (0, 180)")
+        need(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        need(self.spin_every >= 1, "spin_every", self.spin_every, "must be >= 1")
+        need(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 = in this process, no Ray)")
+        need(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be >= 1")
+        need(
+            len(self.background) == 3 and all(0 <= c <= 1 for c in self.background),
+            "background",
+            self.background,
+            "must be three numbers in [0, 1]",
+        )
+        need(0 <= self.video.crf <= 51, "video.crf", self.video.crf, "must be in [0, 51]")
+        need(0 <= self.video.normal_crf <= 51, "video.normal_crf", self.video.normal_crf, "must be in [0, 51]")
+
+    def trajectory_kind(self, index: int) -> str:
+        return "spin" if index % self.spin_every == 0 else "spiral"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RenderConfig:
+        data = dict(data)
+        nested = {"spin": SpinConfig, "spiral": SpiralConfig, "video": VideoConfig}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown field '{key}' (known: {', '.join(sorted(known))})")
+            if key in nested:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: field '{key}' must be a table, got {value!r}")
+                sub_known = {f.name for f in dataclasses.fields(nested[key])}
+                for sub in value:
+                    if sub not in sub_known:
+                        raise ConfigError(
+                            f"{source}: unknown field '{key}.{sub}' (known: {', '.join(sorted(sub_known))})"
+                        )
+                try:
+                    value = nested[key](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"{source}: [{key}]: {err}") from err
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        try:
+            config = cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("RenderConfig", source)) from err
+        except TypeError as err:
+            raise ConfigError(f"{source}: {err}") from err
+        return config
+
+
+def load_config(path: str | Path) -> RenderConfig:
+    """Read a TOML render config; missing fields take the paper's defaults for its `mode`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file '{path}' does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    mode = data.get("mode", "dynamicsweep")
+    if mode not in MODES:
+        raise ConfigError(f"{path}: field 'mode' = {mode!r}: expected one of {', '.join(MODES)}")
+    merged = {**MODE_DEFAULTS[mode], **data}
+    return RenderConfig.from_dict(merged, source=str(path))
+
+
+def apply_overrides(config: RenderConfig, overrides: dict[str, Any], source: str = "command line") -> RenderConfig:
+    """A copy of `config` with the non-None `overrides` applied (a mode change brings that mode's defaults
+    for sequences / frames unless they are overridden too)."""
+    data = config.to_dict()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "mode" in given and given["mode"] != config.mode:
+        if given["mode"] not in MODES:
+            raise ConfigError(f"{source}: --mode {given['mode']!r}: expected one of {', '.join(MODES)}")
+        data.update(MODE_DEFAULTS[given["mode"]])
+    data.update(given)
+    return RenderConfig.from_dict(data, source=source)

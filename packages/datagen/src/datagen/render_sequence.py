@@ -1,0 +1,168 @@
+"""Render one planned sequence to an RGB video and a normal-map video, and describe it as a manifest row.
+
+Outputs are written under temporary names and renamed when complete (datagen.video); the manifest part is
+written by the caller only after both videos exist, so a sequence reaches the manifest only when whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import RenderConfig
+from .manifest import ManifestRow
+from .plan import SequencePlan
+from .video import VideoWriter
+
+#: Environment variable for fault-injection tests: "SEQUENCE_ID@FRAME" makes the process exit abruptly
+#: (as if killed) while rendering that frame, once per output folder.
+FAULT_ENV = "DATAGEN_INJECT_CRASH"
+POSE_CHUNK = 16  # frames posed at once: bounds memory at 1024 px with tens of thousands of Gaussians
+
+
+@dataclass
+class SequenceStats:
+    frames: int
+    render_s: float  # splatting
+    normals_s: float  # mesh normal maps
+    other_s: float  # posing, encoding, I/O
+
+
+def video_paths(plan: SequencePlan) -> tuple[str, str]:
+    """Relative paths of the RGB and normal videos of a plan."""
+    base = f"videos/{plan.avatar_id}/{plan.mode}/{plan.index:04d}"
+    return f"{base}_rgb.mp4", f"{base}_normal.mp4"
+
+
+def remove_stale_temporaries(root: Path, plan: SequencePlan) -> None:
+    """Delete temporary files a killed attempt at this sequence left behind."""
+    rgb, _ = video_paths(plan)
+    folder = (root / rgb).parent
+    if folder.exists():
+        stem = f"{plan.index:04d}_"
+        for path in folder.iterdir():
+            if path.name.startswith("." + stem) and ".tmp" in path.name:
+                path.unlink(missing_ok=True)
+
+
+def _maybe_crash(root: Path, plan: SequencePlan, frame: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or spec != f"{plan.sequence_id}@{frame}":
+        return
+    marker = root / ".fault-injected" / plan.sequence_id.replace("/", "__")
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    os._exit(17)  # abrupt, like a killed worker: no cleanup, no exception handlers
+
+
+def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path) -> tuple[ManifestRow, SequenceStats]:
+    """Render `plan` of `avatar` into `root` and return its manifest row (not yet written) and timings."""
+    from avatar_render import Camera, render, render_normals
+    from avatar_render.normals import encode_normals
+
+    t_start = time.perf_counter()
+    render_s = normals_s = 0.0
+    root = Path(root)
+    rgb_rel, normal_rel = video_paths(plan)
+    (root / rgb_rel).parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root, plan)
+
+    viewmats = plan.viewmats().astype(np.float32)
+    cameras = Camera(
+        K=torch.from_numpy(np.repeat(plan.K[None].astype(np.float32), plan.num_frames, 0)),
+        viewmat=torch.from_numpy(viewmats),
+        width=plan.width,
+        height=plan.height,
+    )
+    background = torch.tensor(config.background, dtype=torch.float32)
+    backend = config.backend
+    device = "cuda" if backend in ("gsplat", "auto") and torch.cuda.is_available() else "cpu"
+    avatar = avatar.to(device=device)
+    cameras = cameras.to(device=device)
+    background = background.to(device)
+    codes = torch.from_numpy(plan.codes).to(device)
+    poses = torch.from_numpy(plan.poses).to(device)
+    video = config.video
+    with (
+        VideoWriter(
+            root / rgb_rel, plan.width, plan.height, plan.fps, crf=video.crf, preset=video.preset, pix_fmt=video.pix_fmt
+        ) as rgb_writer,
+        VideoWriter(
+            root / normal_rel,
+            plan.width,
+            plan.height,
+            plan.fps,
+            crf=video.normal_crf,
+            preset=video.preset,
+            pix_fmt=video.pix_fmt,
+        ) as normal_writer,
+        torch.no_grad(),
+    ):
+        for chunk_start in range(0, plan.num_frames, POSE_CHUNK):
+            chunk = slice(chunk_start, min(plan.num_frames, chunk_start + POSE_CHUNK))
+            posed = avatar.pose(codes[chunk], poses[chunk])
+            for offset in range(len(posed)):
+                t = chunk_start + offset
+                _maybe_crash(root, plan, t)
+                tick = time.perf_counter()
+                out = render(posed.frame(offset), cameras[t], backend=backend, background=background)
+                rgb = (out.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+                tock = time.perf_counter()
+                normals, mask = render_normals(posed.vertices[offset], posed.faces, cameras[t])
+                encoded = encode_normals(normals, mask)[0].cpu().numpy()
+                render_s += tock - tick
+                normals_s += time.perf_counter() - tock
+                rgb_writer.write(rgb)
+                normal_writer.write(encoded)
+
+    frame_index = np.arange(plan.num_frames, dtype=np.int32)
+    row = ManifestRow(
+        sequence_id=plan.sequence_id,
+        dataset="ViewSweep" if plan.mode == "viewsweep" else "DynamicSweep",
+        source="synthetic",
+        identity=plan.avatar_id,
+        camera_id="virtual",
+        mode=plan.mode,
+        trajectory=plan.trajectory.kind,
+        seed=plan.seed,
+        sequence_index=plan.index,
+        num_frames=plan.num_frames,
+        width=plan.width,
+        height=plan.height,
+        fps=float(plan.fps),
+        rgb_path=rgb_rel,
+        normal_path=normal_rel,
+        frame_index=frame_index,
+        timestamp=frame_index / float(plan.fps),
+        K=np.repeat(plan.K[None].astype(np.float32), plan.num_frames, 0),
+        viewmat=viewmats,
+        expression_dim=plan.codes.shape[1],
+        expression=plan.codes,
+        head_pose=plan.poses,
+        plan=json.dumps(
+            {
+                **plan.describe(),
+                "render": {
+                    "resolution": config.resolution,
+                    "fov_deg": config.fov_deg,
+                    "background": list(config.background),
+                    "backend": backend,
+                },
+            }
+        ),
+        created_by=f"factorportrait-datagen {__version__}",
+    )
+    total = time.perf_counter() - t_start
+    stats = SequenceStats(
+        frames=plan.num_frames, render_s=render_s, normals_s=normals_s, other_s=total - render_s - normals_s
+    )
+    return row, stats
