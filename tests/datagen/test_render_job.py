@@ -18,7 +18,7 @@ from datagen.plan import plan_sequence
 from datagen.runner import run
 from datagen.video import read_video
 
-TINY = {"sequences": 2, "frames": 5, "resolution": 32, "workers": 0, "backend": "cpu"}
+TINY = {"sequences": 2, "frames": 5, "resolution": 64, "workers": 0, "backend": "cpu"}
 
 
 def _ids(tmp_path: Path, *ids: str) -> Path:
@@ -43,7 +43,7 @@ def test_dynamicsweep_end_to_end(dynamic_run):
     assert [r.sequence_id for r in rows] == ["demo-000/dynamicsweep/0000", "demo-000/dynamicsweep/0001"]
     assert [r.trajectory for r in rows] == ["spin", "spiral"]
     rgb = read_video(out / rows[0].rgb_path)
-    assert rgb.shape == (5, 32, 32, 3)
+    assert rgb.shape == (5, 64, 64, 3)
     assert rgb.std() > 10  # a head on a white background, not a blank frame
     # expression and pose follow a contiguous capture segment
     from avatar_render import load_avatar
@@ -117,7 +117,7 @@ def _crash_run(out: Path, ids: Path, workers: int, crash: str) -> subprocess.Com
         "--frames",
         "5",
         "--resolution",
-        "32",
+        "64",
         "--workers",
         str(workers),
         "--backend",

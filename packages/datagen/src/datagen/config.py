@@ -43,11 +43,16 @@ class RenderConfig:
     seed: int = 0
     spin_every: int = 2  # sequence index % spin_every == 0 -> spin, else spiral (16 + 16 of 32)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # What the cameras circle and look at: the face's centre (nose level) rather than the avatar origin
+    # (the cranium's centre), so that phone-distance views frame the face.
+    head_centre_m: tuple[float, float, float] = (0.0, -0.03, 0.0)
     backend: str = "auto"
     workers: int = 2
     ray_address: str | None = None
     avatar_dir: str | None = None
     torch_threads: int = 1  # per worker: one task per core scales better than threads inside a task
+    # GPU share per task with gsplat: several tasks per GPU keep it busy while each encodes its videos on a core
+    gpus_per_task: float = 0.25
     spin: SpinConfig = field(default_factory=SpinConfig)
     spiral: SpiralConfig = field(default_factory=SpiralConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -78,6 +83,8 @@ class RenderConfig:
         need(self.spin_every >= 1, "spin_every", self.spin_every, "must be >= 1")
         need(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 = in this process, no Ray)")
         need(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be >= 1")
+        need(0 < self.gpus_per_task <= 1, "gpus_per_task", self.gpus_per_task, "must be in (0, 1]")
+        need(len(self.head_centre_m) == 3, "head_centre_m", self.head_centre_m, "must be three numbers (metres)")
         need(
             len(self.background) == 3 and all(0 <= c <= 1 for c in self.background),
             "background",

@@ -75,9 +75,9 @@ def plan_sequence(config: RenderConfig, avatar, index: int, avatar_id: str | Non
     rng = np.random.default_rng(seed)
     kind = config.trajectory_kind(index)
     if kind == "spin":
-        trajectory = spin_trajectory(rng, config.frames, config.spin)
+        trajectory = spin_trajectory(rng, config.frames, config.spin, head_centre=config.head_centre_m)
     else:
-        trajectory = spiral_trajectory(rng, config.frames, config.spiral)
+        trajectory = spiral_trajectory(rng, config.frames, config.spiral, head_centre=config.head_centre_m)
     track_codes = avatar.capture_codes.detach().cpu().numpy()
     track_poses = avatar.capture_poses.detach().cpu().numpy()
     available = track_codes.shape[0]

@@ -153,7 +153,10 @@ def _run_with_ray(
         use_gpu = config.backend == "gsplat" or (config.backend == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         # system failures (a killed worker) are retried; a Python exception is a failed sequence
         task = ray.remote(render_one).options(
-            num_cpus=config.torch_threads, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False
+            num_cpus=config.torch_threads,
+            num_gpus=config.gpus_per_task if use_gpu else 0,
+            max_retries=3,
+            retry_exceptions=False,
         )
         pending = {task.remote(config_dict, a, specs[a], i, str(root.resolve())): (a, i) for a, i in todo}
         while pending:

@@ -93,6 +93,10 @@ class VideoWriter:
     depends on it) and the bitexact flags, so the muxer writes no library version or time
     stamps; the same frames and settings give byte-identical files on the same PyAV/FFmpeg build.
     `crf` and `preset` apply to libx264 / libx265 only.
+
+    x264's macroblock-tree rate control is off (see `__init__`): with it, identical frames gave different
+    files from run to run when rendering ran between frames. Frames narrower than 64 px also varied in
+    our trials, so tests use 64 px and more.
     """
 
     def __init__(
@@ -136,6 +140,11 @@ class VideoWriter:
             raise VideoError(f"cannot open {self.path} for writing: {e}") from e
         try:
             options = {"threads": str(threads)}
+            if codec == "libx264":
+                # x264's macroblock-tree rate control made byte-different files from identical frames
+                # when other work (PyTorch rendering) ran between frames; without it, outputs repeat
+                # exactly (at a few percent more bits for the same quality).
+                options["x264-params"] = "mbtree=0"
             if codec in ("libx264", "libx265"):
                 options.update(crf=str(crf), preset=preset)
             stream = self._container.add_stream(codec, rate=self.rate, options=options)
