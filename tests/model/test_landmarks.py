@@ -231,7 +231,7 @@ def test_encoder_rejects_dim_not_divisible_by_heads() -> None:
 
 @pytest.mark.parametrize("t", [2, 12, 14])
 def test_grouping_rejects_frame_counts_not_1_plus_4k(t: int) -> None:
-    with pytest.raises(ValueError, match=rf"1 \+ 4k, got {t}"):
+    with pytest.raises(ValueError, match=rf"1 \+ 4k frames \(e.g. 13, 25, 49, 81\); got {t}"):
         group_landmarks_by_latent_frame(torch.zeros(1, t, P, 4))
 
 

@@ -183,3 +183,25 @@ def test_bf16_autocast_runs_and_stays_close(wan):
             half = model(**x).sample
     assert half.dtype in (torch.bfloat16, torch.float32)
     assert (half.float() - full).abs().max() < 0.1 * full.abs().max() + 0.05
+
+
+def test_camera_features_feed_the_model_and_reject_nan_cameras(wan):
+    from factorportrait.conditions import camera_features
+
+    frames, size = 5, 8 * H
+    K = torch.tensor([[40.0, 0, size / 2], [0, 40.0, size / 2], [0, 0, 1]]).expand(frames, 3, 3)
+    c2w = torch.eye(4).repeat(frames, 1, 1)
+    c2w[:, 0, 3] = torch.linspace(0, 0.1, frames)
+    rays, reference = camera_features(K, c2w, size, size)
+    assert rays.shape == (RAY_CHANNELS, 2, H, W) and reference.shape == (RAY_CHANNELS, 1, H, W)
+    # frame 0 is relative to itself: its rays equal the identity camera's, i.e. the reference's
+    torch.testing.assert_close(rays[:, 0], reference[:, 0])
+    model = FactorPortraitTransformer.from_wan(wan, **SMALL).eval()
+    x = _inputs(frames)
+    x.update(ray_features=rays[None], reference_rays=reference[None])
+    with torch.no_grad():
+        assert model(**x).sample.shape == (1, 16, 2, H, W)
+    bad = c2w.clone()
+    bad[3, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="frame 3"):
+        camera_features(K, bad, size, size)

@@ -16,6 +16,16 @@ MEAN = [(-1.0) ** c * 0.1 * (c + 1) for c in range(16)]
 STD = [0.5 + 0.25 * c for c in range(16)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core box OpenMP barriers made single
+    encodes take seconds instead of milliseconds; restore the setting for the rest of the session."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def vae() -> WanVideoVAE:
     return WanVideoVAE.tiny(seed=0)

@@ -15,15 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cameras import TEMPORAL_FACTOR as VAE_TEMPORAL_STRIDE
+from .cameras import latent_frame_count
+
 NUM_LANDMARKS = 238
-VAE_TEMPORAL_STRIDE = 4  # Wan 2.1 VAE: video frame 0 alone, then chunks of 4 frames per latent frame
-
-
-def latent_frame_count(num_frames: int) -> int:
-    """Latent frames the Wan VAE makes from ``num_frames`` = 1 + 4k video frames (without the reference frame)."""
-    if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_STRIDE != 0:
-        raise ValueError(f"number of video frames must be 1 + {VAE_TEMPORAL_STRIDE}k, got {num_frames}")
-    return 1 + (num_frames - 1) // VAE_TEMPORAL_STRIDE
 
 
 def _sinusoidal(positions: int, dim: int) -> torch.Tensor:

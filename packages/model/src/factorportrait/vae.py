@@ -215,7 +215,9 @@ class WanVideoVAE:
         from diffusers import AutoencoderKLWan
 
         model = AutoencoderKLWan.from_config(dict(config))
-        return cls(model.to(torch_dtype))
+        if model.dtype != torch_dtype:  # skip the no-op cast (diffusers warns on every ModelMixin.to(dtype))
+            model = model.to(torch_dtype)
+        return cls(model)
 
     @classmethod
     def tiny(cls, seed: int = 0, base_dim: int = 8, **overrides: Any) -> WanVideoVAE:
