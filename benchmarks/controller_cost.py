@@ -58,7 +58,9 @@ def main() -> None:
     torch.manual_seed(0)
 
     config = WAN_CONFIGS[args.config]
-    model = FactorPortraitTransformer(wan_config=config).to(device=device, dtype=dtype).eval()
+    model = FactorPortraitTransformer(wan_config=config).to(device=device).eval()
+    if dtype != torch.float32:
+        model = model.to(dtype=dtype)  # bf16 on CUDA: what training and inference use
     dim = model.inner_dim
     landmark_encoder = LandmarkEncoder(dim=128).to(device=device, dtype=dtype)
     landmark_attn = torch.nn.ModuleList(
