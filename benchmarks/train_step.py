@@ -1,0 +1,117 @@
+"""Training throughput on the tiny preset: the loader's samples/s against what a training step consumes, peak
+memory; then a documented memory estimate for Wan 2.1 1.3B / 14B at 81 frames x 480x832 with and without
+gradient checkpointing and FSDP.
+
+    uv run python benchmarks/train_step.py --data out/demo [--frames 13] [--steps 6] [--workers 0 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+
+def loader_rate(dataset, sampler, collate, batch_size: int, workers: int, batches: int) -> float:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate
+    )
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    start = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        batch = next(it)
+        n += batch["video"].shape[0] if batch is not None else 0
+    return n / (time.perf_counter() - start)
+
+
+def memory_estimate() -> None:
+    """Back-of-envelope training memory per GPU (GiB), batch 1, bf16 autocast with fp32 master weights + AdamW.
+
+    Static: fp32 params (4 B) + fp32 grads (4 B) + AdamW moments (8 B) = 16 B per parameter; FSDP over N GPUs
+    divides it by N. Activations per block (bf16, flash attention: no L x L matrix): about 34 * L * D bytes for
+    the attention/norm/modulation path plus 4 * L * ffn bytes for the MLP (kept input and GELU output); with
+    gradient checkpointing only each block's fp32 input (4 * L * D) is kept, plus one block's full activations
+    while it is recomputed. L = 22 latent frames (21 + the reference) x 30 x 52 tokens = 34,320.
+    """
+    from factorportrait.transformer import WAN_CONFIGS
+
+    tokens = 22 * (480 // 16) * (832 // 16)
+    print(f"\nMemory estimate per GPU, 81 frames at 480x832 ({tokens:,} tokens), batch 1 (see docstring):")
+    print(
+        f"{'model':>6} {'params':>8} {'static':>8} {'act, no ckpt':>13} {'act, ckpt':>10} "
+        f"{'total ckpt':>11} {'ckpt + FSDP x8':>15}"
+    )
+    gib = 2**30
+    for name, params in (("1.3B", 1.42e9), ("14B", 14.3e9)):
+        c = WAN_CONFIGS[name]
+        d, ffn, layers = c["num_attention_heads"] * c["attention_head_dim"], c["ffn_dim"], c["num_layers"]
+        per_block = 34 * tokens * d + 4 * tokens * ffn
+        static = 16 * params
+        act_full = layers * per_block
+        act_ckpt = layers * 4 * tokens * d + per_block
+        print(
+            f"{name:>6} {params / 1e9:>7.2f}B {static / gib:>7.1f}G {act_full / gib:>12.1f}G {act_ckpt / gib:>9.1f}G "
+            f"{(static + act_ckpt) / gib:>10.1f}G {(static / 8 + act_ckpt) / gib:>14.1f}G"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="dataset root (e.g. the README's out/demo)")
+    parser.add_argument("--mixture", default="DynamicSweep=1")
+    parser.add_argument("--frames", type=int, default=13)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    args = parser.parse_args()
+
+    from factorportrait.train_config import load_train_config, parse_mixture
+    from factorportrait.trainer import build_data, build_model, build_vae, encode_batch, flow_matching_step
+
+    config = load_train_config(
+        1,
+        None,
+        "tiny",
+        {
+            "data": [args.data],
+            "mixture": parse_mixture(args.mixture),
+            "frames": args.frames,
+            "height": args.size,
+            "width": args.size,
+        },
+    )
+    dataset, sampler, collate = build_data(config, 0, 1)
+    model, vae = build_model(config), build_vae(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = collate([dataset[i] for i in range(config.batch_size)])
+    step_times = []
+    for step in range(args.steps + 1):
+        start = time.perf_counter()
+        latents = encode_batch(vae, batch, "cpu", torch.float32)
+        loss = flow_matching_step(
+            model, latents, batch, config, torch.Generator().manual_seed(step), "cpu", torch.float32
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step:  # the first step pays for lazy initialisation
+            step_times.append(time.perf_counter() - start)
+    consumed = config.batch_size / (sum(step_times) / len(step_times))
+    print(
+        f"tiny preset, {args.frames} frames at {args.size}x{args.size}, batch {config.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(f"training step (VAE encode + forward + backward + AdamW): {consumed:.2f} samples/s")
+    for workers in args.workers:
+        rate = loader_rate(dataset, sampler, collate, config.batch_size, workers, batches=args.steps)
+        print(f"loader with {workers} workers: {rate:.2f} samples/s = {rate / consumed:.2f}x what the step consumes")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    memory_estimate()
+
+
+if __name__ == "__main__":
+    main()

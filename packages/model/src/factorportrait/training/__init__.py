@@ -1,0 +1,1 @@
+"""Training utilities: flow-matching objective, EMA, atomic checkpoints and learning-rate schedules."""

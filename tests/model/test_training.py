@@ -1,0 +1,91 @@
+"""model-train on the tiny preset, on a small dataset rendered with datagen (tests/model/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from factorportrait.cli.train import main
+from factorportrait.train_config import load_train_config
+from factorportrait.trainer import train
+
+
+def _config(tmp_path, data, stage=1, **overrides):
+    base = {"data": [str(data)], "output": str(tmp_path / "runs"), "mixture": {"DynamicSweep": 1.0}, "frames": 5,
+            "iterations": 6, "save_every": 3}
+    return load_train_config(stage, None, "tiny", {**base, **overrides})
+
+
+def test_stage_1_then_stage_2_from_its_final_model(tmp_path, tiny_dataset):
+    assert main(["--stage", "1", "--preset", "tiny", "--data", str(tiny_dataset), "--mixture", "DynamicSweep=1",
+                 "--frames", "5", "--iterations", "3", "--output", str(tmp_path / "runs"), "--quiet"]) == 0
+    final1 = tmp_path / "runs" / "stage1" / "final"
+    assert (final1 / "config.json").exists() and json.loads((final1 / "training.json").read_text())["steps"] == 3
+    assert main(["--stage", "2", "--preset", "tiny", "--data", str(tiny_dataset), "--mixture",
+                 "ViewSweep=0.5,DynamicSweep=0.5", "--frames", "9", "--iterations", "2", "--output",
+                 str(tmp_path / "runs"), "--quiet"]) == 0
+    from factorportrait.transformer import FactorPortraitTransformer
+
+    stage1 = FactorPortraitTransformer.from_pretrained(final1)
+    stage2 = FactorPortraitTransformer.from_pretrained(tmp_path / "runs" / "stage2" / "final")
+    # stage 2 started from stage 1 (same architecture) and moved away from it
+    p1, p2 = stage1.controller.group_proj.weight, stage2.controller.group_proj.weight
+    assert p1.shape == p2.shape and not torch.equal(p1, p2)
+
+
+def test_stage_2_without_stage_1_is_a_clear_error(tmp_path, tiny_dataset, capsys):
+    assert main(["--stage", "2", "--preset", "tiny", "--data", str(tiny_dataset), "--mixture", "DynamicSweep=1",
+                 "--output", str(tmp_path / "nothing")]) == 2
+    assert "run `model-train --stage 1` first" in capsys.readouterr().err
+
+
+def test_loss_falls_when_overfitting_one_batch(tiny_dataset):
+    from factorportrait.data.clips import ClipDataset, ClipDatasetConfig, collate_clips
+    from factorportrait.data.manifest import read_manifest_rows
+    from factorportrait.trainer import encode_batch, flow_matching_step
+    from factorportrait.transformer import FactorPortraitTransformer
+    from factorportrait.vae import WanVideoVAE
+
+    config = load_train_config(1, None, "tiny", {"data": [str(tiny_dataset)], "frames": 5})
+    dataset = ClipDataset(read_manifest_rows(tiny_dataset), ClipDatasetConfig(frames=5, stride=4, height=32, width=32))
+    batch = collate_clips([dataset[0]])
+    model = FactorPortraitTransformer.tiny(seed=0)
+    vae = WanVideoVAE.tiny(seed=0)
+    latents = encode_batch(vae, batch, "cpu", torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        generator = torch.Generator().manual_seed(0)  # the same noise and timestep every step: pure overfitting
+        loss = flow_matching_step(model, latents, batch, config, generator, "cpu", torch.float32)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, tiny_dataset):
+    full = train(_config(tmp_path / "a", tiny_dataset), progress=False)
+    first = train(_config(tmp_path / "b", tiny_dataset, iterations=3), progress=False)
+    resumed = train(_config(tmp_path / "b", tiny_dataset), resume=True, progress=False)
+    assert len(full.losses) == 6 and len(first.losses) == 3 and len(resumed.losses) == 3
+    assert first.losses == pytest.approx(full.losses[:3], abs=1e-6)
+    assert resumed.losses == pytest.approx(full.losses[3:], abs=1e-6)
+    checkpoints = sorted(p.name for p in (tmp_path / "b" / "runs" / "stage1" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-00000003", "checkpoint-00000006"]
+
+
+def test_broken_rows_are_skipped_and_counted(tmp_path, tiny_dataset, caplog):
+    from factorportrait.data.manifest import read_manifest_rows
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    victim = next(r for r in read_manifest_rows(data) if r.dataset == "DynamicSweep")
+    victim.rgb_path.unlink()
+    with caplog.at_level("WARNING"):
+        result = train(_config(tmp_path, data, iterations=2), progress=False)
+    assert result.steps == 2
+    assert any("skipped 1 broken" in r.getMessage() for r in caplog.records)
