@@ -14,19 +14,64 @@ from factorportrait.trainer import train
 
 
 def _config(tmp_path, data, stage=1, **overrides):
-    base = {"data": [str(data)], "output": str(tmp_path / "runs"), "mixture": {"DynamicSweep": 1.0}, "frames": 5,
-            "iterations": 6, "save_every": 3}
+    base = {
+        "data": [str(data)],
+        "output": str(tmp_path / "runs"),
+        "mixture": {"DynamicSweep": 1.0},
+        "frames": 5,
+        "iterations": 6,
+        "save_every": 3,
+    }
     return load_train_config(stage, None, "tiny", {**base, **overrides})
 
 
 def test_stage_1_then_stage_2_from_its_final_model(tmp_path, tiny_dataset):
-    assert main(["--stage", "1", "--preset", "tiny", "--data", str(tiny_dataset), "--mixture", "DynamicSweep=1",
-                 "--frames", "5", "--iterations", "3", "--output", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--stage",
+                "1",
+                "--preset",
+                "tiny",
+                "--data",
+                str(tiny_dataset),
+                "--mixture",
+                "DynamicSweep=1",
+                "--frames",
+                "5",
+                "--iterations",
+                "3",
+                "--output",
+                str(tmp_path / "runs"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     final1 = tmp_path / "runs" / "stage1" / "final"
     assert (final1 / "config.json").exists() and json.loads((final1 / "training.json").read_text())["steps"] == 3
-    assert main(["--stage", "2", "--preset", "tiny", "--data", str(tiny_dataset), "--mixture",
-                 "ViewSweep=0.5,DynamicSweep=0.5", "--frames", "9", "--iterations", "2", "--output",
-                 str(tmp_path / "runs"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--stage",
+                "2",
+                "--preset",
+                "tiny",
+                "--data",
+                str(tiny_dataset),
+                "--mixture",
+                "ViewSweep=0.5,DynamicSweep=0.5",
+                "--frames",
+                "9",
+                "--iterations",
+                "2",
+                "--output",
+                str(tmp_path / "runs"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     from factorportrait.transformer import FactorPortraitTransformer
 
     stage1 = FactorPortraitTransformer.from_pretrained(final1)
@@ -37,8 +82,23 @@ def test_stage_1_then_stage_2_from_its_final_model(tmp_path, tiny_dataset):
 
 
 def test_stage_2_without_stage_1_is_a_clear_error(tmp_path, tiny_dataset, capsys):
-    assert main(["--stage", "2", "--preset", "tiny", "--data", str(tiny_dataset), "--mixture", "DynamicSweep=1",
-                 "--output", str(tmp_path / "nothing")]) == 2
+    assert (
+        main(
+            [
+                "--stage",
+                "2",
+                "--preset",
+                "tiny",
+                "--data",
+                str(tiny_dataset),
+                "--mixture",
+                "DynamicSweep=1",
+                "--output",
+                str(tmp_path / "nothing"),
+            ]
+        )
+        == 2
+    )
     assert "run `model-train --stage 1` first" in capsys.readouterr().err
 
 
@@ -64,7 +124,7 @@ def test_loss_falls_when_overfitting_one_batch(tiny_dataset):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.3 * losses[0], losses
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
 
 
 def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, tiny_dataset):
@@ -89,3 +149,43 @@ def test_broken_rows_are_skipped_and_counted(tmp_path, tiny_dataset, caplog):
         result = train(_config(tmp_path, data, iterations=2), progress=False)
     assert result.steps == 2
     assert any("skipped 1 broken" in r.getMessage() for r in caplog.records)
+
+
+def test_latent_cache_serves_what_the_vae_would_compute_and_training_reads_it(tmp_path, tiny_dataset):
+    from factorportrait.cli.cache_latents import main as cache_main
+    from factorportrait.data.latent_cache import CachedClipDataset, LatentCache
+    from factorportrait.trainer import build_data, build_vae
+
+    cache = tmp_path / "cache"
+    assert (
+        cache_main(
+            [
+                "--stage",
+                "1",
+                "--preset",
+                "tiny",
+                "--data",
+                str(tiny_dataset),
+                "--frames",
+                "5",
+                "--out",
+                str(cache),
+                "--shard-size",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    config = _config(tmp_path, tiny_dataset, iterations=2)
+    dataset, _, _ = build_data(config, 0, 1)
+    cached = CachedClipDataset(dataset, LatentCache(cache))
+    vae = build_vae(config)
+    for index in (0, len(dataset) - 1):
+        item, plain = cached[index], dataset[index]
+        with torch.no_grad():
+            expected = vae.encode_video(plain["video"][None])[0]
+        torch.testing.assert_close(item["latents"], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(item["ray_features"], plain["ray_features"])
+    result = train(_config(tmp_path, tiny_dataset, iterations=2, latent_cache=str(cache)), progress=False)
+    assert result.steps == 2

@@ -15,19 +15,42 @@ from typing import Any
 #: Paper Tab. 1: dataset mixture, frames and iterations per stage.
 STAGES: dict[int, dict[str, Any]] = {
     1: {"mixture": {"PhoneCapture": 1.0}, "frames": 13, "iterations": 20_000, "learning_rate": 2e-5},
-    2: {"mixture": {"PhoneCapture": 0.6, "StudioCapture": 0.4}, "frames": 25, "iterations": 20_000,
-        "learning_rate": 2e-5},
-    3: {"mixture": {"PhoneCapture": 0.2, "StudioCapture": 0.2, "ViewSweep": 0.3, "DynamicSweep": 0.3},
-        "frames": 49, "iterations": 20_000, "learning_rate": 1e-5},
-    4: {"mixture": {"PhoneCapture": 0.2, "StudioCapture": 0.2, "ViewSweep": 0.3, "DynamicSweep": 0.3},
-        "frames": 81, "iterations": 30_000, "learning_rate": 5e-6},
+    2: {
+        "mixture": {"PhoneCapture": 0.6, "StudioCapture": 0.4},
+        "frames": 25,
+        "iterations": 20_000,
+        "learning_rate": 2e-5,
+    },
+    3: {
+        "mixture": {"PhoneCapture": 0.2, "StudioCapture": 0.2, "ViewSweep": 0.3, "DynamicSweep": 0.3},
+        "frames": 49,
+        "iterations": 20_000,
+        "learning_rate": 1e-5,
+    },
+    4: {
+        "mixture": {"PhoneCapture": 0.2, "StudioCapture": 0.2, "ViewSweep": 0.3, "DynamicSweep": 0.3},
+        "frames": 81,
+        "iterations": 30_000,
+        "learning_rate": 5e-6,
+    },
 }
 
 #: `--preset tiny`: the same code path on a CPU in minutes (tiny random Wan + tiny VAE, small clips).
 TINY_PRESET: dict[str, Any] = {
-    "model_size": "tiny", "height": 32, "width": 32, "iterations": 6, "batch_size": 1, "num_workers": 0,
-    "save_every": 3, "log_every": 1, "validate_every": 0, "validation_steps": 4, "warmup_steps": 2,
-    "mixed_precision": "no", "gradient_checkpointing": False, "learning_rate": 1e-3,
+    "model_size": "tiny",
+    "height": 32,
+    "width": 32,
+    "iterations": 6,
+    "batch_size": 1,
+    "num_workers": 0,
+    "save_every": 3,
+    "log_every": 1,
+    "validate_every": 0,
+    "validation_steps": 4,
+    "warmup_steps": 2,
+    "mixed_precision": "no",
+    "gradient_checkpointing": False,
+    "learning_rate": 1e-3,
 }
 
 
@@ -87,8 +110,11 @@ class TrainConfig:
         need(self.iterations >= 1, "iterations", "must be >= 1")
         need(self.model_size in ("1.3B", "14B", "tiny"), "model_size", "must be 1.3B, 14B or tiny")
         need(self.expression_mode in ("codes", "landmarks"), "expression_mode", "must be codes or landmarks")
-        need(self.height % 16 == 0 and self.width % 16 == 0 and self.height > 0 and self.width > 0, "height",
-             "height and width must be positive multiples of 16")
+        need(
+            self.height % 16 == 0 and self.width % 16 == 0 and self.height > 0 and self.width > 0,
+            "height",
+            "height and width must be positive multiples of 16",
+        )
         need(self.reference in ("same_sequence", "other_sequence"), "reference", "same_sequence or other_sequence")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.grad_accum >= 1, "grad_accum", "must be >= 1")
@@ -98,8 +124,11 @@ class TrainConfig:
         need(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision", "auto, no, bf16 or fp16")
         need(self.timestep_sampling in ("uniform", "logit_normal"), "timestep_sampling", "uniform or logit_normal")
         need(self.sigma_shift > 0, "sigma_shift", "must be > 0")
-        need(bool(self.mixture) and all(v >= 0 for v in self.mixture.values()) and sum(self.mixture.values()) > 0,
-             "mixture", "needs at least one dataset with a positive ratio")
+        need(
+            bool(self.mixture) and all(v >= 0 for v in self.mixture.values()) and sum(self.mixture.values()) > 0,
+            "mixture",
+            "needs at least one dataset with a positive ratio",
+        )
         need(self.save_every >= 1 and self.keep_last >= 1, "save_every", "save_every and keep_last must be >= 1")
 
     @property
@@ -130,8 +159,9 @@ def stage_defaults(stage: int) -> dict[str, Any]:
     return {"stage": stage, **STAGES[stage]}
 
 
-def load_train_config(stage: int, path: str | Path | None = None, preset: str | None = None,
-                      overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_train_config(
+    stage: int, path: str | Path | None = None, preset: str | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Stage defaults <- config file <- preset <- non-None overrides."""
     data = stage_defaults(stage)
     source = f"stage {stage} defaults"
@@ -166,5 +196,7 @@ def parse_mixture(text: str) -> dict[str, float]:
                 raise ValueError
             mixture[name.strip()] = float(value)
         except ValueError:
-            raise TrainConfigError(f"--mixture: '{part}' is not NAME=RATIO (e.g. ViewSweep=0.3,DynamicSweep=0.7)")
+            raise TrainConfigError(
+                f"--mixture: '{part}' is not NAME=RATIO (e.g. ViewSweep=0.3,DynamicSweep=0.7)"
+            ) from None
     return mixture

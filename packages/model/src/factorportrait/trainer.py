@@ -38,14 +38,18 @@ def resolve_init(config: TrainConfig) -> str | None:
         if config.model_size == "tiny":
             return None
         if config.wan is None:
-            raise FileNotFoundError("stage 1 starts from Wan 2.1 T2V weights: pass --wan PATH (a local diffusers "
-                                    "folder such as Wan2.1-T2V-1.3B-Diffusers) or --preset tiny")
+            raise FileNotFoundError(
+                "stage 1 starts from Wan 2.1 T2V weights: pass --wan PATH (a local diffusers "
+                "folder such as Wan2.1-T2V-1.3B-Diffusers) or --preset tiny"
+            )
         return config.wan
     previous = Path(config.output) / f"stage{config.stage - 1}" / "final"
     if not (previous / "config.json").exists():
-        raise FileNotFoundError(f"stage {config.stage} starts from stage {config.stage - 1}'s final model, but "
-                                f"'{previous}' has none: run `model-train --stage {config.stage - 1}` first or "
-                                "pass --init PATH")
+        raise FileNotFoundError(
+            f"stage {config.stage} starts from stage {config.stage - 1}'s final model, but "
+            f"'{previous}' has none: run `model-train --stage {config.stage - 1}` first or "
+            "pass --init PATH"
+        )
     return str(previous)
 
 
@@ -61,8 +65,9 @@ def build_model(config: TrainConfig):
     else:
         model = FactorPortraitTransformer.from_wan(init, **options)
         if WAN_CONFIGS.get(config.model_size, {}).get("num_layers") not in (None, model.wan.config.num_layers):
-            log.warning("model_size=%s but the Wan folder holds %d layers", config.model_size,
-                        model.wan.config.num_layers)
+            log.warning(
+                "model_size=%s but the Wan folder holds %d layers", config.model_size, model.wan.config.num_layers
+            )
     if config.prompt_embeds:
         model.set_prompt_embedding(config.prompt_embeds)
     if config.gradient_checkpointing:
@@ -79,30 +84,59 @@ def build_vae(config: TrainConfig):
     return WanVideoVAE.from_pretrained(root)
 
 
-def build_data(config: TrainConfig, rank: int, world_size: int):
-    from .data.clips import ClipDataset, ClipDatasetConfig, collate_clips, group_by_dataset
+def build_dataset(config: TrainConfig):
+    """The stage's clips over every dataset root, broken sources removed (latent cache applied if configured)."""
+    from .data.clips import ClipDataset, ClipDatasetConfig
     from .data.manifest import read_manifest_rows
-    from .data.mixture import MixtureSampler
 
     if not config.data:
-        raise FileNotFoundError("no training data: pass --data ROOT (a dataset folder with manifest/) or set `data` "
-                                "in the stage config")
+        raise FileNotFoundError(
+            "no training data: pass --data ROOT (a dataset folder with manifest/) or set `data` in the stage config"
+        )
     sources = [source for root in config.data for source in read_manifest_rows(root)]
-    dataset = ClipDataset(sources, ClipDatasetConfig(frames=config.frames, stride=config.clip_stride,
-                                                     height=config.height, width=config.width,
-                                                     reference=config.reference, seed=config.seed))
+    dataset = ClipDataset(
+        sources,
+        ClipDatasetConfig(
+            frames=config.frames,
+            stride=config.clip_stride,
+            height=config.height,
+            width=config.width,
+            reference=config.reference,
+            seed=config.seed,
+        ),
+    )
     broken = dataset.check_sources()
     if broken:
         log.warning("skipped %d broken sequences (see above)", broken)
-    sampler = MixtureSampler(group_by_dataset(dataset.clips), config.mixture, seed=config.seed, rank=rank,
-                             world_size=world_size)
+    if config.latent_cache:
+        from .data.latent_cache import CachedClipDataset, LatentCache
+
+        dataset = CachedClipDataset(dataset, LatentCache(config.latent_cache))
+    return dataset
+
+
+def build_data(config: TrainConfig, rank: int, world_size: int):
+    """Dataset, mixture sampler (the stage's ratios; this rank's share) and collate function."""
+    from .data.clips import collate_clips, group_by_dataset
+    from .data.mixture import MixtureSampler
+
+    dataset = build_dataset(config)
+    sampler = MixtureSampler(
+        group_by_dataset(dataset.clips), config.mixture, seed=config.seed, rank=rank, world_size=world_size
+    )
     return dataset, sampler, collate_clips
 
 
 def make_loader(dataset, sampler, collate, config: TrainConfig):
-    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
-                                       num_workers=config.num_workers, collate_fn=collate,
-                                       persistent_workers=config.num_workers > 0, timeout=600 if config.num_workers else 0)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        collate_fn=collate,
+        persistent_workers=config.num_workers > 0,
+        timeout=600 if config.num_workers else 0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- one step
@@ -125,14 +159,22 @@ def step_generator(config: TrainConfig, step: int, rank: int, device) -> torch.G
     return generator
 
 
-def flow_matching_step(model, latents: dict, batch: dict, config: TrainConfig, generator, device, dtype) -> torch.Tensor:
-    from .training.flow_matching import (flow_matching_loss, noisy_latents, sample_sigmas, timesteps_from_sigmas,
-                                         velocity_target)
+def flow_matching_step(
+    model, latents: dict, batch: dict, config: TrainConfig, generator, device, dtype
+) -> torch.Tensor:
+    from .training.flow_matching import (
+        flow_matching_loss,
+        noisy_latents,
+        sample_sigmas,
+        timesteps_from_sigmas,
+        velocity_target,
+    )
 
     x0 = latents["latents"]
     noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
-    sigmas = sample_sigmas(x0.shape[0], generator, shift=config.sigma_shift, distribution=config.timestep_sampling,
-                           device=device)
+    sigmas = sample_sigmas(
+        x0.shape[0], generator, shift=config.sigma_shift, distribution=config.timestep_sampling, device=device
+    )
     noisy = noisy_latents(x0, noise, sigmas)
     pred = model(
         latents=noisy,
@@ -154,8 +196,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     from accelerate.utils import ProjectConfiguration
     from tqdm import tqdm
 
-    from .training.checkpoints import (capture_rng_state, cleanup_partial, latest_checkpoint, load_checkpoint,
-                                       restore_rng_state, save_checkpoint)
+    from .training.checkpoints import (
+        capture_rng_state,
+        cleanup_partial,
+        latest_checkpoint,
+        load_checkpoint,
+        restore_rng_state,
+        save_checkpoint,
+    )
     from .training.ema import EMA
     from .training.schedule import warmup_constant, warmup_cosine
 
@@ -163,9 +211,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.grad_accum,
-                              log_with="tensorboard",
-                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
@@ -210,8 +261,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     result = TrainResult(final_model=out / "final")
     loader = make_loader(dataset, sampler, collate, config)
     batches = iter(loader)
-    bar = tqdm(range(start_step, config.iterations), initial=start_step, total=config.iterations,
-               desc=f"stage {config.stage}", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        range(start_step, config.iterations),
+        initial=start_step,
+        total=config.iterations,
+        desc=f"stage {config.stage}",
+        disable=not (progress and accelerator.is_main_process),
+    )
     tick, seen = time.perf_counter(), 0
     for step in bar:
         model.train()
@@ -226,15 +282,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             with accelerator.accumulate(model):
                 latents = encode_batch(vae, batch, device, dtype)
                 with accelerator.autocast():
-                    loss = flow_matching_step(model, latents, batch, config,
-                                              step_generator(config, step, rank, device), device, dtype)
+                    loss = flow_matching_step(
+                        model, latents, batch, config, step_generator(config, step, rank, device), device, dtype
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            seen += batch["latents" if "latents" in batch else "video"].shape[0]
+            seen += len(batch["sequence_id"])
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         loss_value = accelerator.gather(loss.detach()[None]).mean().item()
@@ -246,18 +303,30 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         if (step + 1) % config.log_every == 0 or step + 1 == config.iterations:
             rate = seen * world / max(time.perf_counter() - tick, 1e-9)
             lr = scheduler.get_last_lr()[0]
-            accelerator.log({"loss": loss_value, "lr": lr, "samples_per_s": rate,
-                             "skipped_samples": result.skipped_samples}, step=step + 1)
+            accelerator.log(
+                {"loss": loss_value, "lr": lr, "samples_per_s": rate, "skipped_samples": result.skipped_samples},
+                step=step + 1,
+            )
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}")
             tick, seen = time.perf_counter(), 0
         if accelerator.is_main_process and ((step + 1) % config.save_every == 0 or step + 1 == config.iterations):
-            save_checkpoint(out / "checkpoints", step + 1,
-                            {"model": accelerator.unwrap_model(model).state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "ema": ema.state_dict() if ema is not None else None},
-                            {"step": step + 1, "sampler": sampler.state_dict(), "rng": capture_rng_state(),
-                             "config": config.to_dict()},
-                            keep_last=config.keep_last)
+            save_checkpoint(
+                out / "checkpoints",
+                step + 1,
+                {
+                    "model": accelerator.unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                },
+                {
+                    "step": step + 1,
+                    "sampler": sampler.state_dict(),
+                    "rng": capture_rng_state(),
+                    "config": config.to_dict(),
+                },
+                keep_last=config.keep_last,
+            )
         if config.validate_every and (step + 1) % config.validate_every == 0 and accelerator.is_main_process:
             validate(accelerator.unwrap_model(model), vae, dataset, config, step + 1, ema, device, dtype)
     accelerator.wait_for_everyone()
@@ -268,9 +337,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         if ema is not None:
             ema.copy_to(final)
         final.save_pretrained(result.final_model)
-        (result.final_model / "training.json").write_text(json.dumps(
-            {"stage": config.stage, "steps": result.steps, "skipped_samples": result.skipped_samples,
-             "last_loss": result.losses[-1] if result.losses else None}, indent=2))
+        (result.final_model / "training.json").write_text(
+            json.dumps(
+                {
+                    "stage": config.stage,
+                    "steps": result.steps,
+                    "skipped_samples": result.skipped_samples,
+                    "last_loss": result.losses[-1] if result.losses else None,
+                },
+                indent=2,
+            )
+        )
     accelerator.end_training()
     return result
 
@@ -293,17 +370,23 @@ def validate(model, vae, dataset, config: TrainConfig, step: int, ema, device, d
         generator = torch.Generator(device=device).manual_seed(config.seed)
 
         def velocity(x, t):
-            return model(latents=x, timestep=t.reshape(1).to(device), reference_latent=latents["reference_latent"],
-                         normal_latents=latents["normal_latents"] if config.use_normals else None,
-                         ray_features=batch["ray_features"].to(device, dtype),
-                         reference_rays=batch["reference_rays"].to(device, dtype),
-                         expression_codes=batch["expression"].to(device, dtype)).sample
+            return model(
+                latents=x,
+                timestep=t.reshape(1).to(device),
+                reference_latent=latents["reference_latent"],
+                normal_latents=latents["normal_latents"] if config.use_normals else None,
+                ray_features=batch["ray_features"].to(device, dtype),
+                reference_rays=batch["reference_rays"].to(device, dtype),
+                expression_codes=batch["expression"].to(device, dtype),
+            ).sample
 
-        x0 = euler_sample(velocity, latents["latents"].shape, sigma_schedule(config.validation_steps,
-                                                                              config.sigma_shift), generator)
+        x0 = euler_sample(
+            velocity, latents["latents"].shape, sigma_schedule(config.validation_steps, config.sigma_shift), generator
+        )
         video = vae.decode(x0.to(dtype))
-        frames = torch.cat([torch.from_numpy(tensor_to_frames(video)), torch.from_numpy(
-            tensor_to_frames(batch["video"]))], dim=2).numpy()
+        frames = torch.cat(
+            [torch.from_numpy(tensor_to_frames(video)), torch.from_numpy(tensor_to_frames(batch["video"]))], dim=2
+        ).numpy()
         path = config.output_dir / "validation" / f"step-{step:08d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_mp4(frames, path)

@@ -22,8 +22,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="model-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="model-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--stage", type=int, required=True, choices=[1, 2, 3, 4])
     p.add_argument("--config", type=Path, help="TOML settings (default: configs/stageN.toml)")
     p.add_argument("--preset", choices=["tiny"], help="tiny: random tiny model + VAE, small clips, for CPU")
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--validate-every", type=int)
+    p.add_argument("--latent-cache", help="folder written by model-cache-latents (read instead of videos)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -54,12 +56,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config_path = args.config or (CONFIG_DIR / f"stage{args.stage}.toml")
-        overrides = {"init": args.init, "wan": args.wan, "data": args.data, "output": args.output,
-                     "iterations": args.iterations, "frames": args.frames, "batch_size": args.batch_size,
-                     "learning_rate": args.learning_rate, "height": args.height, "width": args.width,
-                     "seed": args.seed, "num_workers": args.num_workers, "save_every": args.save_every,
-                     "validate_every": args.validate_every,
-                     "mixture": parse_mixture(args.mixture) if args.mixture else None}
+        overrides = {
+            "init": args.init,
+            "wan": args.wan,
+            "data": args.data,
+            "output": args.output,
+            "iterations": args.iterations,
+            "frames": args.frames,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "height": args.height,
+            "width": args.width,
+            "seed": args.seed,
+            "num_workers": args.num_workers,
+            "save_every": args.save_every,
+            "validate_every": args.validate_every,
+            "latent_cache": args.latent_cache,
+            "mixture": parse_mixture(args.mixture) if args.mixture else None,
+        }
         config = load_train_config(args.stage, config_path if config_path.exists() else None, args.preset, overrides)
         from ..trainer import train
 
@@ -67,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainConfigError, FileNotFoundError, ValueError) as err:
         print(f"model-train: error: {err}", file=sys.stderr)
         return 2
-    print(f"stage {config.stage}: {result.steps} steps, last loss {result.losses[-1] if result.losses else 'n/a'}, "
-          f"{result.skipped_samples} broken samples skipped; model -> {result.final_model}")
+    print(
+        f"stage {config.stage}: {result.steps} steps, last loss {result.losses[-1] if result.losses else 'n/a'}, "
+        f"{result.skipped_samples} broken samples skipped; model -> {result.final_model}"
+    )
     return 0
 
 

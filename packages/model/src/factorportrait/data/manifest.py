@@ -97,11 +97,13 @@ def _check_version(table: pa.Table, path: Path) -> str:
             f"{path}: no manifest schema version (neither the {VERSION_KEY!r} schema metadata nor a schema_version "
             "column); is this a FactorPortrait manifest?"
         )
+    parsed: dict[str, tuple[int, int]] = {}
     for version in sorted(versions):
         match = re.fullmatch(r"(\d+)\.(\d+)", version.strip())
         if match is None:
             raise ManifestReadError(f"{path}: manifest schema version {version!r} is not of the form MAJOR.MINOR")
         major = int(match.group(1))
+        parsed[version] = (major, int(match.group(2)))
         if major > SUPPORTED_MAJOR:
             raise ManifestReadError(
                 f"{path}: manifest schema version {version} is newer than this reader (major {SUPPORTED_MAJOR}); "
@@ -112,7 +114,7 @@ def _check_version(table: pa.Table, path: Path) -> str:
                 f"{path}: manifest schema version {version} is an older major version than this reader "
                 f"(major {SUPPORTED_MAJOR}); convert the manifest first"
             )
-    return max(versions)
+    return max(parsed, key=parsed.__getitem__)
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -175,7 +177,8 @@ def _split_per_frame(column: pa.ChunkedArray, width: np.ndarray) -> list[np.ndar
         if value_nulls and np.isnan(chunk).any():
             out.append("holds null or NaN values")
             continue
-        out.append(np.asarray(chunk, np.float32).reshape(hi - lo, int(width[row])))
+        # A copy: writable (torch.from_numpy warns on read-only views) and free of the whole column's buffer.
+        out.append(np.array(chunk, np.float32).reshape(hi - lo, int(width[row])))
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import count
 
@@ -65,7 +66,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         if num_samples is not None and num_samples < 0:
             raise ValueError(f"MixtureSampler: num_samples must be >= 0, got {num_samples}")
         for name, ratio in ratios.items():
-            if not isinstance(ratio, int | float) or not math.isfinite(ratio) or ratio < 0:
+            if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not math.isfinite(ratio) or ratio < 0:
                 raise ValueError(f"MixtureSampler: ratio of {name!r} must be a finite number >= 0, got {ratio!r}")
         used = {name: float(r) for name, r in ratios.items() if r > 0}
         missing = sorted(name for name in used if not groups.get(name))
@@ -115,12 +116,13 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         return {"position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Continue the saved stream: its position and its seed (a different seed here is overridden, with a warning)."""
+        """Continue the saved stream: its position and its seed (overrides this sampler's seed, with a warning)."""
         position, seed = int(state["position"]), int(state["seed"])
         if position < 0 or seed < 0:
             raise ValueError(f"MixtureSampler.load_state_dict: position and seed must be >= 0, got {dict(state)}")
         if seed != self.seed:
-            log.warning("MixtureSampler: resuming the saved stream of seed %d (this sampler was built with %d)",
-                        seed, self.seed)
+            log.warning(
+                "MixtureSampler: resuming the saved stream of seed %d (this sampler was built with %d)", seed, self.seed
+            )
         self.seed = seed
         self.position = position

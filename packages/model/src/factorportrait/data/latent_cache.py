@@ -1,0 +1,198 @@
+"""Precomputed VAE latents of clips (`model-cache-latents`): shards of safetensors plus an index.
+
+Encoding RGB, normal and reference frames with the Wan VAE dominates a training step's data cost; a cache
+computed once per (dataset, frames, resolution, seed) lets training read latents instead of decoding videos.
+Layout: CACHE/index.json ({"format": ..., "entries": {key: [shard file, slot]}, "config": ...}) and
+CACHE/shard-00000.safetensors with tensors "<slot>.latents", "<slot>.normal_latents", "<slot>.reference_latent".
+A clip's key names everything its latents depend on (sequence, start, reference frame, frames, size), so a
+cache is never used for a different clip; missing entries fall back to decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "factorportrait-latent-cache/1"
+LATENT_KEYS = ("latents", "normal_latents", "reference_latent")
+
+
+def clip_key(
+    sequence_id: str, start: int, reference_sequence_id: str, reference_frame: int, frames: int, height: int, width: int
+) -> str:
+    return f"{sequence_id}|{start}|{reference_sequence_id}|{reference_frame}|{frames}|{height}x{width}"
+
+
+class LatentCache:
+    """Read side: `get(key)` -> {latents [16,F,h,w], normal_latents [16,F,h,w], reference_latent [16,1,h,w]}."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        index_path = self.root / "index.json"
+        if not index_path.exists():
+            raise FileNotFoundError(
+                f"no latent cache at '{self.root}': expected {index_path} (run model-cache-latents)"
+            )
+        index = json.loads(index_path.read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(f"{index_path}: format {index.get('format')!r}, expected {FORMAT!r}")
+        self.entries: dict[str, list] = index["entries"]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        shard, slot = entry
+        return {name: _open(str(self.root / shard)).get_tensor(f"{slot}.{name}") for name in LATENT_KEYS}
+
+
+@lru_cache(maxsize=16)
+def _open(path: str):
+    from safetensors import safe_open
+
+    return safe_open(path, framework="pt")
+
+
+def build_latent_cache(
+    dataset, vae, out: str | Path, shard_size: int = 64, device: str | torch.device = "cpu", progress: bool = True
+) -> dict[str, Any]:
+    """Encode every clip of `dataset` (a ClipDataset) with `vae` into shards under `out`; returns a summary.
+
+    Shards and the index are written under temporary names and renamed; an existing index is extended, so an
+    interrupted run resumes where it stopped.
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"format": FORMAT, "entries": {}}
+    entries: dict[str, list] = index["entries"]
+    shard_id = len({shard for shard, _ in entries.values()})
+    pending: dict[str, torch.Tensor] = {}
+    pending_keys: list[str] = []
+    skipped = encoded = 0
+
+    def flush() -> None:
+        nonlocal shard_id, pending, pending_keys
+        if not pending_keys:
+            return
+        name = f"shard-{shard_id:05d}.safetensors"
+        tmp = out / f".{name}.tmp"
+        save_file(pending, str(tmp))
+        os.replace(tmp, out / name)
+        for slot, key in enumerate(pending_keys):
+            entries[key] = [name, slot]
+        tmp_index = out / ".index.json.tmp"
+        tmp_index.write_text(json.dumps(index))
+        os.replace(tmp_index, index_path)
+        shard_id += 1
+        pending, pending_keys = {}, []
+
+    cfg = dataset.config
+    with torch.no_grad():
+        for i in tqdm(range(len(dataset)), desc="caching latents", disable=not progress):
+            item = dataset[i]
+            if item is None:
+                skipped += 1
+                continue
+            key = clip_key(
+                item["sequence_id"],
+                item["start"],
+                item["reference_sequence_id"],
+                item["reference_frame"],
+                cfg.frames,
+                cfg.height,
+                cfg.width,
+            )
+            if key in entries:
+                continue
+            slot = len(pending_keys)
+            pending[f"{slot}.latents"] = vae.encode_video(item["video"][None].to(device))[0].cpu().contiguous()
+            pending[f"{slot}.normal_latents"] = vae.encode_video(item["normals"][None].to(device))[0].cpu().contiguous()
+            pending[f"{slot}.reference_latent"] = (
+                vae.encode_video(item["reference"][None].to(device))[0].cpu().contiguous()
+            )
+            pending_keys.append(key)
+            encoded += 1
+            if len(pending_keys) >= shard_size:
+                flush()
+    flush()
+    index["config"] = {
+        "frames": cfg.frames,
+        "height": cfg.height,
+        "width": cfg.width,
+        "seed": cfg.seed,
+        "reference": cfg.reference,
+    }
+    tmp_index = out / ".index.json.tmp"
+    tmp_index.write_text(json.dumps(index))
+    os.replace(tmp_index, index_path)
+    return {"encoded": encoded, "skipped_broken": skipped, "cached_total": len(entries)}
+
+
+class CachedClipDataset(torch.utils.data.Dataset):
+    """A ClipDataset that serves cached latents instead of decoded videos where the cache has the clip.
+
+    Items carry "latents", "normal_latents", "reference_latent" in place of "video", "normals", "reference";
+    clips missing from the cache are decoded as usual (the trainer encodes those itself).
+    """
+
+    def __init__(self, dataset, cache: LatentCache) -> None:
+        self.dataset, self.cache = dataset, cache
+        self.config = dataset.config
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def clips(self):
+        return self.dataset.clips
+
+    @property
+    def broken(self):
+        return self.dataset.broken
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        import numpy as np
+
+        from ..cameras import viewmat_to_c2w
+        from ..conditions import camera_features
+        from .clips import adjust_intrinsics
+
+        cfg = self.config
+        source, start = self.dataset.clips[index]
+        ref_source, ref_frame = self.dataset.reference_for(index)
+        latents = self.cache.get(
+            clip_key(source.sequence_id, start, ref_source.sequence_id, ref_frame, cfg.frames, cfg.height, cfg.width)
+        )
+        if latents is None:
+            return self.dataset[index]
+        window = slice(start, start + cfg.frames)
+        K = torch.from_numpy(adjust_intrinsics(source.K[window], source.height, source.width, cfg.height, cfg.width))
+        c2w = viewmat_to_c2w(torch.from_numpy(np.ascontiguousarray(source.viewmat[window])))
+        ray_features, reference_rays = camera_features(K, c2w, cfg.height, cfg.width)
+        return {
+            **latents,
+            "ray_features": ray_features,
+            "reference_rays": reference_rays,
+            "K": K,
+            "c2w": c2w,
+            "expression": torch.from_numpy(np.ascontiguousarray(source.expression[window])),
+            "head_pose": torch.from_numpy(np.ascontiguousarray(source.head_pose[window])),
+            "dataset": source.dataset,
+            "sequence_id": source.sequence_id,
+            "reference_sequence_id": ref_source.sequence_id,
+            "start": start,
+            "reference_frame": ref_frame,
+            "index": index,
+        }
