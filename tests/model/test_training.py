@@ -189,3 +189,15 @@ def test_latent_cache_serves_what_the_vae_would_compute_and_training_reads_it(tm
         torch.testing.assert_close(item["ray_features"], plain["ray_features"])
     result = train(_config(tmp_path, tiny_dataset, iterations=2, latent_cache=str(cache)), progress=False)
     assert result.steps == 2
+
+
+def test_validation_video_and_ema(tmp_path, tiny_dataset):
+    import av
+
+    result = train(_config(tmp_path, tiny_dataset, iterations=2, validate_every=2, ema_decay=0.9), progress=False)
+    video = tmp_path / "runs" / "stage1" / "validation" / "step-00000002.mp4"
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 5 and frames[0].shape == (32, 64, 3)  # generated | ground truth, 5 frames
+    assert (result.final_model / "diffusion_pytorch_model.safetensors").exists()
+    assert (tmp_path / "runs" / "stage1" / "logs").exists()  # TensorBoard event files

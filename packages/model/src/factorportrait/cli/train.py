@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--validate-every", type=int)
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
+    p.add_argument("--ema-decay", type=float)
     p.add_argument("--latent-cache", help="folder written by model-cache-latents (read instead of videos)")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             "save_every": args.save_every,
             "validate_every": args.validate_every,
             "latent_cache": args.latent_cache,
+            "mixed_precision": args.mixed_precision,
+            "ema_decay": args.ema_decay,
             "mixture": parse_mixture(args.mixture) if args.mixture else None,
         }
         config = load_train_config(args.stage, config_path if config_path.exists() else None, args.preset, overrides)
