@@ -1,0 +1,1 @@
+"""Inference: camera paths, driving signals and the FactorPortrait sampling pipeline."""

@@ -1,0 +1,238 @@
+"""`FactorPortraitPipeline`: animate a portrait image from driving expressions/poses along a camera path.
+
+Conditions per window of frames: the reference latent of the image, normal maps of a guide head mesh
+(avatar_render) posed with the driving head poses and rendered from the absolute cameras, Plücker rays of the
+cameras relative to the window's first frame, and the driving expression codes. Sampling uses diffusers'
+flow-matching schedulers (UniPC or Euler). Clips longer than one window are made of windows overlapping by
+`overlap` frames, each sampled independently with the same reference, and cross-faded linearly in pixel space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..cameras import latent_frame_count
+from .driving import DrivingSignal
+
+
+@dataclass
+class PipelineOutput:
+    frames: np.ndarray  # [T, H, W, 3] uint8
+    normal_frames: np.ndarray  # [T, H, W, 3] uint8, the guide mesh's normal maps used as conditions
+    K: np.ndarray  # [T, 3, 3]
+    c2w: np.ndarray  # [T, 4, 4]
+
+
+def make_scheduler(name: str, shift: float):
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(shift=shift)
+    if name == "unipc":
+        return UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
+        )
+    raise ValueError(f"scheduler must be euler or unipc, got {name!r}")
+
+
+def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
+    """Start frames of windows of `window` frames covering `num_frames` with at least `overlap` shared frames."""
+    if num_frames <= window:
+        return [0]
+    step = window - overlap
+    if step <= 0:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the window ({window})")
+    starts = list(range(0, num_frames - window, step)) + [num_frames - window]
+    return sorted(set(starts))
+
+
+def resize_crop(image: np.ndarray, height: int, width: int) -> Tensor:  # uint8 [h, w, 3] -> [3, H, W] in [-1, 1]
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    h, w = x.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return x[0, :, top : top + height, left : left + width].clamp(-1, 1)
+
+
+class FactorPortraitPipeline:
+    """transformer: FactorPortraitTransformer; vae: WanVideoVAE; guide_avatar: an avatar_render id or file."""
+
+    def __init__(
+        self,
+        transformer,
+        vae,
+        scheduler: str = "unipc",
+        shift: float = 3.0,
+        guide_avatar: str = "demo-000",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype
+        self.transformer = transformer.to(self.device).eval()
+        self.vae = vae.to(self.device)
+        self.scheduler_name, self.shift, self.guide_avatar = scheduler, shift, guide_avatar
+        self.scheduler = make_scheduler(scheduler, shift)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, vae: str = "tiny", **kwargs) -> FactorPortraitPipeline:
+        """A trained model folder (`model-train`'s final/) and a VAE: a Wan 2.1 folder with vae/, or "tiny"."""
+        from pathlib import Path
+
+        from ..transformer import FactorPortraitTransformer
+        from ..vae import WanVideoVAE
+
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(
+                f"no model at '{model_dir}': expected {Path(model_dir) / 'config.json'} "
+                "(the final/ folder written by model-train)"
+            )
+        transformer = FactorPortraitTransformer.from_pretrained(model_dir)
+        return cls(transformer, WanVideoVAE.tiny() if vae == "tiny" else WanVideoVAE.from_pretrained(vae), **kwargs)
+
+    # ------------------------------------------------------------------ conditions
+    def render_normals(
+        self, driving: DrivingSignal, K: np.ndarray, c2w: np.ndarray, height: int, width: int
+    ) -> np.ndarray:  # [T, H, W, 3] uint8
+        """Normal maps of the guide mesh posed with the driving signal, seen from the absolute cameras."""
+        from avatar_render import Camera, load_avatar, render_normals
+        from avatar_render.normals import encode_normals
+
+        avatar = load_avatar(self.guide_avatar)
+        codes = torch.from_numpy(driving.codes)
+        if not driving.codes_in_avatar_space or codes.shape[1] != avatar.expression_dim:
+            codes = torch.zeros(len(driving), avatar.expression_dim)
+        frames = []
+        with torch.no_grad():
+            posed = avatar.pose(codes, torch.from_numpy(driving.head_poses))
+            for t in range(len(driving)):
+                camera = Camera(
+                    K=torch.from_numpy(K[t]).float(),
+                    viewmat=torch.linalg.inv(torch.from_numpy(c2w[t])).float(),
+                    width=width,
+                    height=height,
+                )
+                normals, mask = render_normals(posed.vertices[t], posed.faces, camera)
+                frames.append(encode_normals(normals, mask)[0].numpy())
+        return np.stack(frames)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: np.ndarray,
+        driving: DrivingSignal,
+        c2w: np.ndarray,
+        K: np.ndarray | None = None,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int | None = None,
+        num_inference_steps: int = 30,
+        seed: int = 0,
+        guidance_scale: float = 1.0,
+        window: int = 81,
+        overlap: int = 8,
+        progress: bool = True,
+    ) -> PipelineOutput:
+        from tqdm import tqdm
+
+        from avatar_render.camera import focal_from_fov
+
+        from ..conditions import camera_features
+
+        num_frames = num_frames or len(driving)
+        latent_frame_count(window)
+        if num_frames < 1 or (num_frames <= window and (num_frames - 1) % 4):
+            raise ValueError(f"--frames {num_frames}: a clip of one window needs 1 + 4k frames (e.g. 13, 25, 49, 81)")
+        if len(driving) < num_frames or c2w.shape[0] < num_frames:
+            raise ValueError(
+                f"{num_frames} frames asked for, but the driving signal has {len(driving)} and the "
+                f"camera path {c2w.shape[0]}"
+            )
+        if K is None:
+            f = focal_from_fov(53.1, width)
+            K = np.broadcast_to(np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]]), (num_frames, 3, 3))
+        K, c2w = np.array(K, np.float64)[:num_frames], np.array(c2w, np.float64)[:num_frames]
+        driving = DrivingSignal(
+            driving.codes[:num_frames], driving.head_poses[:num_frames], driving.source, driving.codes_in_avatar_space
+        )
+        normals = self.render_normals(driving, K, c2w, height, width)
+        reference = resize_crop(image, height, width)[None, :, None].to(self.device)  # [1, 3, 1, H, W]
+        reference_latent = self.vae.encode_video(reference).to(self.dtype)
+        win = min(window, num_frames)
+        output = np.zeros((num_frames, height, width, 3), np.float64)
+        weight = np.zeros((num_frames, 1, 1, 1), np.float64)
+        starts = window_starts(num_frames, win, overlap)
+        for w_index, start in enumerate(tqdm(starts, desc="windows", disable=not progress or len(starts) == 1)):
+            span = slice(start, start + win)
+            rays, ref_rays = camera_features(
+                torch.from_numpy(K[span]).float(), torch.from_numpy(c2w[span]).float(), height, width
+            )
+            normal_video = torch.from_numpy(normals[span]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            conditions = dict(
+                reference_latent=reference_latent,
+                normal_latents=self.vae.encode_video(normal_video.to(self.device)).to(self.dtype),
+                ray_features=rays[None].to(self.device, self.dtype),
+                reference_rays=ref_rays[None].to(self.device, self.dtype),
+                expression_codes=torch.from_numpy(driving.codes[span])[None].to(self.device, self.dtype),
+            )
+            latents = self._sample(
+                conditions,
+                win,
+                height,
+                width,
+                num_inference_steps,
+                seed + w_index,
+                guidance_scale,
+                progress and len(starts) == 1,
+            )
+            frames = (self.vae.decode(latents).float()[0].permute(1, 2, 3, 0).cpu().numpy() + 1.0) * 127.5
+            ramp = np.ones((win, 1, 1, 1))
+            if overlap and len(starts) > 1:  # linear cross-fade over the frames shared with neighbours
+                fade = np.linspace(0.0, 1.0, overlap + 2)[1:-1][:, None, None, None]
+                if w_index > 0:
+                    ramp[:overlap] = fade
+                if w_index < len(starts) - 1:
+                    ramp[-overlap:] = fade[::-1]
+            output[span] += frames * ramp
+            weight[span] += ramp
+        frames = np.clip(np.round(output / weight), 0, 255).astype(np.uint8)
+        return PipelineOutput(frames=frames, normal_frames=normals, K=K, c2w=c2w)
+
+    def _sample(
+        self,
+        conditions: dict,
+        frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        seed: int,
+        guidance_scale: float,
+        progress: bool,
+    ) -> Tensor:
+        from tqdm import tqdm
+
+        shape = (1, 16, latent_frame_count(frames), height // 8, width // 8)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator).to(self.device, self.dtype)
+        scheduler = make_scheduler(self.scheduler_name, self.shift)
+        scheduler.set_timesteps(steps, device=self.device)
+        for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress):
+            timestep = t.reshape(1).float().to(self.device)
+            velocity = self.transformer(latents=latents, timestep=timestep, **conditions).sample
+            if guidance_scale != 1.0:
+                # expression guidance: contrast with neutral (zero) codes; needs a model trained with code dropout
+                plain = self.transformer(
+                    latents=latents,
+                    timestep=timestep,
+                    **{**conditions, "expression_codes": torch.zeros_like(conditions["expression_codes"])},
+                ).sample
+                velocity = plain + guidance_scale * (velocity - plain)
+            latents = scheduler.step(velocity.float(), t, latents.float(), return_dict=False)[0].to(self.dtype)
+        return latents
