@@ -182,5 +182,7 @@ def test_encode_video_shapes(encoder):
     finally:
         encoder.eval()
     assert codes.shape == (5, 128)
-    assert torch.allclose(codes, encode_video(encoder, frames, eyes, batch_size=5), atol=1e-4)  # batching-invariant
+    # Batching-invariant (checked on smaller crops: the encoder pools adaptively, and the test stays fast).
+    small = [encode_video(encoder, frames, eyes, batch_size=b, size=112) for b in (2, 5)]
+    assert torch.allclose(small[0], small[1], atol=1e-4)
     assert encode_video(encoder, frames, None, batch_size=4).shape == (5, 128)
