@@ -20,11 +20,13 @@ No weights ship with this package and nothing is downloaded: every network comes
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,9 +48,7 @@ NETWORK_SPECS: dict[str, NetworkSpec] = {
         (224, 224), (0.0, 1.0), "3DMM expression regressor: image [N,3,224,224] in [0,1] -> coefficients [N,64]"
     ),
     "fid": NetworkSpec((299, 299), (0.0, 1.0), "Inception-v3: image [N,3,299,299] in [0,1] -> features [N,2048]"),
-    "fvd": NetworkSpec(
-        (224, 224), (-1.0, 1.0), "I3D: video [N,3,T,224,224] in [-1,1] -> features [N,400] or [N,1024]"
-    ),
+    "fvd": NetworkSpec((224, 224), (-1.0, 1.0), "I3D: video [N,3,T,224,224] in [-1,1] -> features [N,400] or [N,1024]"),
 }
 
 # MetricSuite weight names -> network kind.
@@ -64,7 +64,9 @@ def load_feature_network(path: str | Path | None, kind: str) -> torch.nn.Module:
     if path is None or not Path(path).is_file():
         raise FileNotFoundError(f"{kind} weights not found: {path} (expected a TorchScript file: {spec.description})")
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated upstream but is the exchange format
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError / zip errors depending on what the file is
         raise ValueError(f"{path} is not a loadable TorchScript file for {kind} ({spec.description}): {exc}") from exc
     return module.eval()
@@ -147,8 +149,11 @@ class LPIPS(nn.Module):
         widths = tuple(int(sd[f"backbone.{i}.weight"].shape[0]) for i, _ in first_convs)
         widths = tuple(widths[sum(VGG16_BLOCK_CONVS[: b + 1]) - 1] for b in range(5))  # last conv of each block
         convs, pools, self.taps = _vgg_layout(widths)
-        unexpected = sorted(set(sd) - {f"backbone.{i}.{p}" for i, _ in convs for p in ("weight", "bias")}
-                            - {f"lin{k}.weight" for k in range(5)})
+        unexpected = sorted(
+            set(sd)
+            - {f"backbone.{i}.{p}" for i, _ in convs for p in ("weight", "bias")}
+            - {f"lin{k}.weight" for k in range(5)}
+        )
         if unexpected:
             raise ValueError(f"LPIPS weights {source} have unexpected keys {unexpected[:10]}")
 
@@ -331,7 +336,14 @@ class MetricSuite:
             if min(len(pred), len(gt)) < 2:
                 out[key] = None
                 notes.append(f"{key}: needs at least 2 {what}, got {len(pred)}")
-            else:
+                continue
+            if min(len(pred), len(gt)) <= pred.shape[1]:
+                # Fewer samples than feature dimensions: singular covariances, the value is biased and noisy.
+                notes.append(
+                    f"{key}: only {len(pred)} {what} for {pred.shape[1]}-d features; the estimate is unreliable"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # singular products: see the note
                 out[key] = fn(pred, gt)
         out["notes"] = notes
         return out
