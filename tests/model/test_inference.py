@@ -111,3 +111,39 @@ def test_bad_inputs(assets, tmp_path, capsys):
         == 2
     )
     assert "config.json" in capsys.readouterr().err
+
+
+def test_driving_video_needs_and_uses_an_expression_encoder(assets, tmp_path, capsys):
+    import torch
+
+    from factorportrait.expression_encoder import ExpressionEncoder
+    from factorportrait.video_io import write_mp4
+
+    video = tmp_path / "driver.mp4"
+    write_mp4(np.repeat(np.asarray(Image.open(assets / "portrait.png").resize((64, 64)))[None], 5, 0), video)
+    args = [
+        "--model",
+        str(assets / "model"),
+        "--image",
+        str(assets / "portrait.png"),
+        "--driving",
+        str(video),
+        "--frames",
+        "5",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "o.mp4"),
+        "--quiet",
+    ]
+    assert main(args) == 2
+    assert "--expression-encoder" in capsys.readouterr().err
+    torch.manual_seed(0)
+    torch.save(ExpressionEncoder().state_dict(), tmp_path / "encoder.pt")
+    assert main([*args, "--expression-encoder", str(tmp_path / "encoder.pt")]) == 0
+    sidecar = json.loads((tmp_path / "o.json").read_text())
+    assert sidecar["driving"]["kind"] == "video" and len(sidecar["expression"]) == 5

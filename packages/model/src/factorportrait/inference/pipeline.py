@@ -51,7 +51,7 @@ def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
 
 
 def resize_crop(image: np.ndarray, height: int, width: int) -> Tensor:  # uint8 [h, w, 3] -> [3, H, W] in [-1, 1]
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
     h, w = x.shape[-2:]
     scale = max(height / h, width / w)
     size = (max(height, round(h * scale)), max(width, round(w * scale)))
