@@ -33,54 +33,48 @@ LATENT_CHANNELS = 16
 RAY_CHANNELS = 6 * 8 * 8 * 4  # Plücker (6) x pixel-unshuffle by 8 (64) x 4 frames per latent frame
 EXPRESSION_MODES = ("codes", "landmarks", "none")
 
-#: Wan 2.1 T2V configurations (diffusers `WanTransformer3DModel`), CONVENTIONS 5.
+#: What every Wan 2.1 T2V transformer shares (diffusers `WanTransformer3DModel` arguments).
+_WAN21_COMMON: dict[str, Any] = dict(
+    in_channels=16,
+    out_channels=16,
+    patch_size=(1, 2, 2),
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+)
+
+#: Wan 2.1 T2V configurations, CONVENTIONS 5; "tiny" is the same architecture for CPU tests and presets.
 WAN_CONFIGS: dict[str, dict[str, Any]] = {
-    "1.3B": dict(
-        num_attention_heads=12,
-        attention_head_dim=128,
-        ffn_dim=8960,
-        num_layers=30,
-        text_dim=4096,
-        freq_dim=256,
-        in_channels=16,
-        out_channels=16,
-        patch_size=(1, 2, 2),
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    ),
-    "14B": dict(
-        num_attention_heads=40,
-        attention_head_dim=128,
-        ffn_dim=13824,
-        num_layers=40,
-        text_dim=4096,
-        freq_dim=256,
-        in_channels=16,
-        out_channels=16,
-        patch_size=(1, 2, 2),
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    ),
-    # CPU tests and presets: the same architecture, tiny.
-    "tiny": dict(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        ffn_dim=64,
-        num_layers=2,
-        text_dim=32,
-        freq_dim=32,
-        in_channels=16,
-        out_channels=16,
-        patch_size=(1, 2, 2),
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=64,
-    ),
+    "1.3B": {
+        **_WAN21_COMMON,
+        "num_attention_heads": 12,
+        "attention_head_dim": 128,
+        "ffn_dim": 8960,
+        "num_layers": 30,
+        "text_dim": 4096,
+        "freq_dim": 256,
+        "rope_max_seq_len": 1024,
+    },
+    "14B": {
+        **_WAN21_COMMON,
+        "num_attention_heads": 40,
+        "attention_head_dim": 128,
+        "ffn_dim": 13824,
+        "num_layers": 40,
+        "text_dim": 4096,
+        "freq_dim": 256,
+        "rope_max_seq_len": 1024,
+    },
+    "tiny": {
+        **_WAN21_COMMON,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "ffn_dim": 64,
+        "num_layers": 2,
+        "text_dim": 32,
+        "freq_dim": 32,
+        "rope_max_seq_len": 64,
+    },
 }
 
 
