@@ -248,7 +248,10 @@ class WanVideoVAE:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> WanVideoVAE:
         """Move/cast the wrapped model in place; returns self."""
-        self.model.to(device=device, dtype=dtype)
+        # a dtype argument (even None) makes diffusers warn about fp32-only modules: pass only what changes
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        if kwargs:
+            self.model.to(**kwargs)
         return self
 
     def enable_tiling(self, **kwargs: Any) -> WanVideoVAE:
