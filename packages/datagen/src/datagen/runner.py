@@ -13,7 +13,6 @@ from .avatars import cached_avatar, resolve_avatar
 from .config import RenderConfig
 from .manifest import completed_sequence_ids, consolidate, write_part
 from .plan import sequence_id
-from .render_sequence import video_paths
 
 
 @dataclass
@@ -172,4 +171,4 @@ def _run_with_ray(
             ray.shutdown()
 
 
-__all__ = ["RunSummary", "render_one", "run", "video_paths"]
+__all__ = ["RunSummary", "render_one", "run"]

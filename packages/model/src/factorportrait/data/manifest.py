@@ -32,7 +32,7 @@ MANIFEST_FILE = Path("manifest") / "manifest.parquet"
 PARTS_DIR = Path("manifest") / "parts"
 
 # Columns this reader needs; other columns (e.g. added by a newer minor version) are ignored.
-_COLUMNS = (
+_SCALAR_COLUMNS = (
     "sequence_id",
     "dataset",
     "identity",
@@ -43,12 +43,9 @@ _COLUMNS = (
     "fps",
     "rgb_path",
     "normal_path",
-    "K",
-    "viewmat",
     "expression_dim",
-    "expression",
-    "head_pose",
 )
+_COLUMNS = (*_SCALAR_COLUMNS, "K", "viewmat", "expression", "head_pose")
 _MAX_LOGGED = 5
 
 
@@ -200,22 +197,7 @@ def read_manifest_rows(
             table = table.filter(pc.is_in(table.column("dataset"), pa.array(datasets, pa.string())))
         if table.num_rows == 0:
             continue
-        plain = {
-            name: table.column(name).to_pylist()
-            for name in (
-                "sequence_id",
-                "dataset",
-                "identity",
-                "camera_id",
-                "num_frames",
-                "width",
-                "height",
-                "fps",
-                "rgb_path",
-                "normal_path",
-                "expression_dim",
-            )
-        }
+        plain = {name: table.column(name).to_pylist() for name in _SCALAR_COLUMNS}
         rows = table.num_rows
         dims = np.array([d if d is not None else -1 for d in plain["expression_dim"]], np.int64)
         per_frame = {
