@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .gaussians import GaussianSet
 from .geometry import axis_angle_to_rotmat, quat_multiply, rotmat_to_quat, triangle_frames
+from .landmarks import LandmarkLayout, default_layout, project_landmarks
 
 
 @dataclass
@@ -34,6 +35,22 @@ class PosedAvatar:
     sh: Tensor  # [N, K, 3]
     vertices: Tensor  # [T, V, 3]
     faces: Tensor  # [F, 3]
+    landmark_layout: LandmarkLayout | None = None
+
+    def landmarks(
+        self, Ks: Tensor, viewmats: Tensor, width: int, height: int, pair_frames: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """2D landmarks of every frame in cameras Ks [C,3,3] / viewmats [C,4,4]: uv [T,C,K,2] px, visible [T,C,K].
+
+        With `pair_frames` (C == T, camera t sees frame t): uv [T,K,2], visible [T,K]. See `landmarks.py`.
+        """
+        if self.landmark_layout is None:
+            raise ValueError(
+                "this avatar has no landmark layout (its file stores none and its topology has no default)"
+            )
+        return project_landmarks(
+            self.vertices, self.faces, self.landmark_layout, Ks, viewmats, width, height, pair_frames=pair_frames
+        )
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -79,6 +96,17 @@ class Avatar:
     rig_weight_range: tuple[float, float] = (0.0, 1.0)
     expression_labels: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    # 2D landmark points on the guide mesh; None -> the default layout of the topology (if it has one)
+    landmark_layout: LandmarkLayout | None = None
+
+    def __post_init__(self) -> None:
+        if self.landmark_layout is None:
+            self.landmark_layout = default_layout(self.neutral_vertices.shape[0])
+        elif max(self.landmark_layout.vertex_ids) >= self.neutral_vertices.shape[0]:
+            raise ValueError(
+                f"avatar '{self.name}': landmark layout '{self.landmark_layout.name}' indexes vertex "
+                f"{max(self.landmark_layout.vertex_ids)} but the guide mesh has {self.neutral_vertices.shape[0]}"
+            )
 
     def __repr__(self) -> str:
         return (
@@ -160,6 +188,7 @@ class Avatar:
             sh=self.sh,
             vertices=vertices,
             faces=self.faces,
+            landmark_layout=self.landmark_layout,
         )
 
     def canonical(self) -> PosedAvatar:

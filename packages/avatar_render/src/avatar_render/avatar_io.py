@@ -15,9 +15,12 @@ import torch
 from torch import Tensor
 
 from .avatar import Avatar
+from .landmarks import LandmarkLayout
 
 FORMAT_NAME = "factorportrait-avatar"
-FORMAT_VERSION = 1
+#: 2 added the optional `landmarks` header entry; version-1 files load with their topology's default layout.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".avatar.safetensors"
 
 # field -> (kind, shape spec). Letters are sizes shared across fields; integers are fixed.
@@ -59,6 +62,9 @@ def save_avatar(avatar: Avatar, path: str | os.PathLike) -> Path:
         "rig_weight_range": list(avatar.rig_weight_range),
         "expression_labels": list(avatar.expression_labels),
         "metadata": avatar.metadata,
+        "landmarks": None
+        if avatar.landmark_layout is None
+        else {"layout": avatar.landmark_layout.name, "vertex_ids": list(avatar.landmark_layout.vertex_ids)},
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -107,9 +113,12 @@ def read_avatar_file(path: Path) -> Avatar:
     if header.get("format") != FORMAT_NAME:
         raise AvatarFormatError(f"{path}: field 'format' is {header.get('format')!r}, expected {FORMAT_NAME!r}")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
-        raise AvatarFormatError(f"{path}: field 'format_version' is {version!r}; this reader supports {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise AvatarFormatError(
+            f"{path}: field 'format_version' is {version!r}; this reader supports {list(READABLE_VERSIONS)}"
+        )
     validate_tensors(tensors, source=str(path))
+    layout = _read_layout(header.get("landmarks"), tensors["neutral_vertices"].shape[0], str(path))
     low, high = header.get("rig_weight_range", [0.0, 1.0])
     return Avatar(
         name=str(header.get("name", path.name.removesuffix(SUFFIX))),
@@ -121,7 +130,27 @@ def read_avatar_file(path: Path) -> Avatar:
         rig_weight_range=(float(low), float(high)),
         expression_labels=list(header.get("expression_labels", [])),
         metadata=dict(header.get("metadata", {})),
+        landmark_layout=layout,
     )
+
+
+def _read_layout(entry: object, num_vertices: int, source: str) -> LandmarkLayout | None:
+    """The header's `landmarks` entry -> a layout; absent or null -> None (the topology's default)."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("layout"), str) or not entry["layout"]:
+        raise AvatarFormatError(
+            f"{source}: field 'landmarks' must be {{'layout': name, 'vertex_ids': [...]}}, got {entry!r}"
+        )
+    ids = entry.get("vertex_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise AvatarFormatError(f"{source}: field 'landmarks.vertex_ids' must be a non-empty list of integers")
+    if min(ids) < 0 or max(ids) >= num_vertices:
+        raise AvatarFormatError(
+            f"{source}: field 'landmarks.vertex_ids' indexes vertex {max(ids)} (min {min(ids)}) but there are "
+            f"{num_vertices}"
+        )
+    return LandmarkLayout(entry["layout"], tuple(ids))
 
 
 def validate_tensors(tensors: dict[str, Tensor], source: str) -> None:
