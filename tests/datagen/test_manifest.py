@@ -58,6 +58,11 @@ DOCUMENTED_COLUMNS = [
     "head_pose",
     "plan",
     "created_by",
+    "world_frame",
+    "num_landmarks",
+    "landmark_layout",
+    "landmarks",
+    "landmark_visible",
 ]
 
 
@@ -209,7 +214,7 @@ def test_newer_major_version_is_rejected(tmp_path: Path) -> None:
     )
     (tmp_path / "manifest").mkdir()
     pq.write_table(newer, tmp_path / "manifest" / "manifest.parquet")
-    with pytest.raises(ManifestError, match=r"version 2\.0 is newer than this reader \(1\.0\).*upgrade"):
+    with pytest.raises(ManifestError, match=r"version 2\.0 is newer than this reader \(1\.1\).*upgrade"):
         read_manifest(tmp_path)
 
 
@@ -333,7 +338,7 @@ def test_consolidate_sorts_counts_and_writes_info(tmp_path: Path) -> None:
     assert manifest == tmp_path / "manifest" / "manifest.parquet"
     table = pq.read_table(manifest)
     assert table.column("sequence_id").to_pylist() == sorted(r.sequence_id for r in rows)
-    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == b"1.0"
+    assert table.schema.metadata[SCHEMA_VERSION_KEY.encode()] == b"1.1"
 
     info = json.loads((tmp_path / "manifest" / "info.json").read_text())
     assert info["schema_version"] == SCHEMA_VERSION

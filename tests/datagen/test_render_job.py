@@ -54,6 +54,32 @@ def test_dynamicsweep_end_to_end(dynamic_run):
     np.testing.assert_allclose(rows[0].expression, codes[start : start + 5], atol=1e-6)
 
 
+def test_rows_carry_world_frame_and_projected_landmarks(dynamic_run):
+    from avatar_render import load_avatar
+
+    out, _ = dynamic_run
+    avatar = load_avatar("demo-000")
+    for row in read_rows(out):
+        assert row.world_frame == "demo-000"  # one canonical frame per avatar
+        assert (row.num_landmarks, row.landmark_layout) == (68, "ibug68")
+        assert row.landmarks.shape == (5, 136) and row.landmark_visible.shape == (5, 68)
+        # by hand: the posed nose tip (point 30) through the row's own K and viewmat
+        vertices = avatar.pose_mesh(row.expression, row.head_pose).double().numpy()
+        tip = vertices[:, avatar.landmark_layout.vertex_ids[30]]  # [T, 3]
+        cam = np.einsum("tij,tj->ti", row.viewmat[:, :3, :3].astype(np.float64), tip) + row.viewmat[:, :3, 3]
+        u = row.K[:, 0, 0] * cam[:, 0] / cam[:, 2] + row.K[:, 0, 2]
+        v = row.K[:, 1, 1] * cam[:, 1] / cam[:, 2] + row.K[:, 1, 2]
+        np.testing.assert_allclose(row.landmarks[:, 60], u, atol=1e-3)
+        np.testing.assert_allclose(row.landmarks[:, 61], v, atol=1e-3)
+        # visible points land on the rendered head, not on the white background
+        rgb = read_video(out / row.rgb_path).astype(np.int32)
+        uv = row.landmarks.reshape(5, 68, 2)
+        t, k = np.nonzero(row.landmark_visible)
+        assert len(t) > 0
+        pixels = rgb[t, uv[t, k, 1].astype(int), uv[t, k, 0].astype(int)]
+        assert (pixels.min(-1) < 235).mean() > 0.9
+
+
 def test_viewsweep_freezes_expression_and_pose(tmp_path):
     summary = run(
         RenderConfig.for_mode("viewsweep", **{**TINY, "sequences": 1}), ["demo-001"], tmp_path, progress=False

@@ -6,6 +6,7 @@ Public API (imported lazily so that `avatar-render --help` answers without loadi
   render, RenderOutput                                     -- gsplat on CUDA, our PyTorch backend on CPU
   render_normals, encode_normals, decode_normals, vertex_normals, rasterize_mesh
   Avatar, PosedAvatar, load_avatar, save_avatar, AvatarFormatError, demo_ids
+  LandmarkLayout, project_landmarks                        -- 2D landmarks (iBUG-68 on the demo topology)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _EXPORTS = {
     "save_avatar": "avatar_io",
     "AvatarFormatError": "avatar_io",
     "demo_ids": "demo",
+    "LandmarkLayout": "landmarks",
+    "project_landmarks": "landmarks",
 }
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "AvatarFormatError",
     "Camera",
     "GaussianSet",
+    "LandmarkLayout",
     "PlyFormatError",
     "PosedAvatar",
     "RenderOutput",
@@ -50,6 +54,7 @@ __all__ = [
     "encode_normals",
     "load_avatar",
     "look_at_viewmat",
+    "project_landmarks",
     "rasterize_mesh",
     "read_ply",
     "render",
@@ -65,6 +70,7 @@ if TYPE_CHECKING:
     from .camera import Camera, look_at_viewmat
     from .demo import demo_ids
     from .gaussians import GaussianSet
+    from .landmarks import LandmarkLayout, project_landmarks
     from .mesh_raster import rasterize_mesh
     from .normals import decode_normals, encode_normals, render_normals, vertex_normals
     from .ply import PlyFormatError, read_ply, write_ply

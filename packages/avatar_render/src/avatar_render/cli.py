@@ -134,6 +134,12 @@ def _print_info(avatar) -> None:
         f"capture track:     {avatar.num_capture_frames} frames at {avatar.capture_fps:g} fps",
         f"bounding box (m):  {[round(v, 3) for v in avatar.neutral_vertices.amin(0).tolist()]} .. "
         f"{[round(v, 3) for v in avatar.neutral_vertices.amax(0).tolist()]}",
+        "landmarks:         "
+        + (
+            f"{avatar.landmark_layout.name} ({avatar.landmark_layout.num_points} guide-mesh vertices)"
+            if avatar.landmark_layout
+            else "none"
+        ),
     ]
     rig = avatar.rig_weights(avatar.capture_codes)
     if avatar.expression_labels:

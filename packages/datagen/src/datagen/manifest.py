@@ -60,7 +60,7 @@ __all__ = [
     "write_part",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_VERSION_KEY = "factorportrait.manifest_version"
 MANIFEST_DIR = "manifest"
 PARTS_DIR = "manifest/parts"
@@ -110,6 +110,12 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("head_pose", pa.list_(pa.list_(pa.float32(), 6)), nullable=False),
         pa.field("plan", pa.string(), nullable=False),
         pa.field("created_by", pa.string(), nullable=False),
+        # 1.1: the world frame the cameras live in, and per-frame 2D landmarks
+        pa.field("world_frame", pa.string(), nullable=True),
+        pa.field("num_landmarks", pa.int32(), nullable=False),
+        pa.field("landmark_layout", pa.string(), nullable=True),
+        pa.field("landmarks", pa.list_(pa.list_(pa.float32())), nullable=True),
+        pa.field("landmark_visible", pa.list_(pa.list_(pa.bool_())), nullable=True),
     ],
     metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION},
 )
@@ -179,11 +185,22 @@ class ManifestRow:
     plan: str = "{}"  # JSON of the generating parameters
     expression_dim: int | None = None  # D; None -> expression.shape[1]
     schema_version: str = SCHEMA_VERSION
+    # Rows of one identity with equal non-null world_frame share a world frame (their cameras are comparable);
+    # None: the row's world frame is its own. Synthetic renders use the identity (the avatar's canonical frame).
+    world_frame: str | None = None
+    num_landmarks: int = 0  # K; 0: no landmarks (landmark_layout, landmarks, landmark_visible are None)
+    landmark_layout: str | None = None  # e.g. "ibug68"
+    landmarks: np.ndarray | None = None  # [T, 2K] float32 pixels (u0, v0, u1, v1, ...) in the video's pixel grid
+    landmark_visible: np.ndarray | None = None  # [T, K] bool
 
     def __post_init__(self) -> None:
         if self.expression_dim is None:
             expr = np.asarray(self.expression)
             self.expression_dim = int(expr.shape[1]) if expr.ndim == 2 else -1
+        if self.landmarks is not None:
+            marks = np.asarray(self.landmarks)
+            if marks.ndim == 3 and marks.shape[-1] == 2:  # [T, K, 2] -> the stored [T, 2K] (u0, v0, u1, v1, ...)
+                self.landmarks = marks.reshape(marks.shape[0], -1)
 
     def problems(self) -> list[str]:
         """Every way this row breaks the schema, each as "field: what is wrong"."""
@@ -224,6 +241,9 @@ class ManifestRow:
             json.loads(self.plan)
         except (TypeError, ValueError) as e:
             out.append(f"plan: not valid JSON ({e})")
+        if self.world_frame is not None and (not isinstance(self.world_frame, str) or not self.world_frame.strip()):
+            out.append(f"world_frame: must be None or a non-empty string, got {self.world_frame!r}")
+        out += self._landmark_problems()
         if any(p.startswith(("num_frames:", "fps:")) for p in out):
             return out  # the per-frame checks need a sane T and fps
 
@@ -286,6 +306,38 @@ class ManifestRow:
                 )
         return out
 
+    def _landmark_problems(self) -> list[str]:
+        K = self.num_landmarks
+        if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 0:
+            return [f"num_landmarks: must be an integer >= 0, got {K!r}"]
+        if K == 0:
+            return [
+                f"{name}: must be None when num_landmarks is 0, got {type(getattr(self, name)).__name__}"
+                for name in ("landmark_layout", "landmarks", "landmark_visible")
+                if getattr(self, name) is not None
+            ]
+        out = []
+        if not isinstance(self.landmark_layout, str) or not self.landmark_layout.strip():
+            out.append(f"landmark_layout: must name the layout when num_landmarks = {K}, got {self.landmark_layout!r}")
+        T = self.num_frames if isinstance(self.num_frames, (int, np.integer)) else -1
+        for name, shape in (("landmarks", (T, 2 * K)), ("landmark_visible", (T, K))):
+            value = getattr(self, name)
+            if value is None:
+                out.append(f"{name}: required when num_landmarks = {K}, got None")
+                continue
+            value = np.asarray(value)
+            if value.shape != shape:
+                out.append(f"{name}: shape {list(value.shape)}, expected {list(shape)} (num_frames={T}, K={K})")
+            elif name == "landmarks":
+                if not np.issubdtype(value.dtype, np.number):
+                    out.append(f"landmarks: dtype {value.dtype} is not numeric")
+                elif not np.isfinite(value).all():
+                    bad = np.argwhere(~np.isfinite(value))[0]
+                    out.append(f"landmarks: non-finite value {value[tuple(bad)]} at index {bad.tolist()}")
+            elif value.dtype != np.bool_:
+                out.append(f"landmark_visible: dtype {value.dtype}, expected bool")
+        return out
+
     def validate(self, source: str) -> None:
         """Raises ManifestError naming `source`, the sequence and every problem found."""
         problems = self.problems()
@@ -327,7 +379,15 @@ _SCALAR_COLUMNS = (
     "expression_dim",
     "plan",
     "created_by",
+    "world_frame",
+    "num_landmarks",
+    "landmark_layout",
 )
+# Nullable per-frame columns (1.1): name -> (numpy dtype, arrow value type); stored as list<list<value>>.
+_OPTIONAL_FRAME_COLUMNS: dict[str, tuple[type, pa.DataType]] = {
+    "landmarks": (np.float32, pa.float32()),
+    "landmark_visible": (np.bool_, pa.bool_()),
+}
 # Per-frame columns: (numpy dtype, values per frame: None for a plain list, n for fixed_size_list<n>).
 _FRAME_COLUMNS: dict[str, tuple[type, int | None]] = {
     "frame_index": (np.int32, None),
@@ -372,11 +432,59 @@ def _frame_column(rows: list[ManifestRow], name: str) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, values, type=pa_type)
 
 
+def _optional_frame_column(rows: list[ManifestRow], name: str) -> pa.Array:
+    """A nullable [T][n] per-frame column: rows with None become nulls."""
+    dtype, value_type = _OPTIONAL_FRAME_COLUMNS[name]
+    outer, inner, chunks, valid = [0], [0], [], []
+    for row in rows:
+        value = getattr(row, name)
+        valid.append(value is not None)
+        if value is None:
+            outer.append(outer[-1])
+            continue
+        value = np.asarray(value, dtype=dtype)
+        if value.ndim != 2:
+            raise ManifestError(f"sequence {row.sequence_id!r}: {name} must be [T, n], got {list(value.shape)}")
+        outer.append(outer[-1] + value.shape[0])
+        inner.extend(inner[-1] + value.shape[1] * np.arange(1, value.shape[0] + 1))
+        chunks.append(value.reshape(-1))
+    values = pa.array(np.concatenate(chunks) if chunks else np.zeros(0, dtype), type=value_type)
+    frames = pa.ListArray.from_arrays(pa.array(np.asarray(inner, np.int32)), values)
+    mask = pa.array([not v for v in valid], type=pa.bool_())
+    return pa.ListArray.from_arrays(
+        pa.array(np.asarray(outer, np.int32)), frames, type=pa.list_(pa.list_(value_type)), mask=mask
+    )
+
+
+def _split_optional_frames(column: pa.ChunkedArray, name: str, sequence_ids: list[str]) -> list[np.ndarray | None]:
+    """A nullable [T][n] per-frame column -> one [T, n] array (or None) per row."""
+    dtype, value_type = _OPTIONAL_FRAME_COLUMNS[name]
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = array.cast(pa.list_(pa.list_(value_type)))
+    nulls = array.is_null().to_numpy(zero_copy_only=False)
+    out: list[np.ndarray | None] = []
+    for i in range(len(array)):
+        if nulls[i]:
+            out.append(None)
+            continue
+        frames = array[i].values  # list<value> of this row, one entry per frame
+        lengths = frames.value_lengths().to_numpy(zero_copy_only=False)
+        values = frames.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+        if len(lengths) and (lengths != lengths[0]).any():
+            sizes = sorted(set(lengths.tolist()))
+            raise ManifestError(f"sequence {sequence_ids[i]!r}: {name} differs in length between frames ({sizes})")
+        width = int(lengths[0]) if len(lengths) else 0
+        out.append(values.reshape(len(lengths), width).copy())
+    return out
+
+
 def rows_to_table(rows: list[ManifestRow]) -> pa.Table:
     """Rows -> a table of MANIFEST_SCHEMA (with its version metadata), in the given order."""
     columns: dict[str, pa.Array] = {}
     for name in MANIFEST_SCHEMA.names:
-        if name in _FRAME_COLUMNS:
+        if name in _OPTIONAL_FRAME_COLUMNS:
+            columns[name] = _optional_frame_column(rows, name)
+        elif name in _FRAME_COLUMNS:
             columns[name] = _frame_column(rows, name)
         else:
             f = MANIFEST_SCHEMA.field(name)
@@ -444,10 +552,13 @@ def table_to_rows(table: pa.Table) -> list[ManifestRow]:
     sequence_ids = table.column("sequence_id").to_pylist()
     scalars = {name: table.column(name).to_pylist() for name in _SCALAR_COLUMNS}
     frames = {name: _split_frames(table.column(name), name, sequence_ids) for name in _FRAME_COLUMNS}
+    frames.update(
+        {name: _split_optional_frames(table.column(name), name, sequence_ids) for name in _OPTIONAL_FRAME_COLUMNS}
+    )
     rows = []
     for i in range(table.num_rows):
         kwargs = {name: scalars[name][i] for name in _SCALAR_COLUMNS}
-        kwargs.update({name: frames[name][i] for name in _FRAME_COLUMNS})
+        kwargs.update({name: frames[name][i] for name in frames})
         rows.append(ManifestRow(**kwargs))
     return rows
 
@@ -521,7 +632,9 @@ def _normalise(table: pa.Table, source: str) -> pa.Table:
     Tables written by other tools (pandas, duckdb) lose nullability flags and metadata: both
     are restored here.
     """
-    _table_version(table, source)
+    version = _table_version(table, source)
+    if _parse_version(version) < (1, 1):
+        table = _upgrade_1_0(table)
     missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
     if missing:
         raise ManifestError(f"{source}: missing columns {missing}")
@@ -540,6 +653,30 @@ def _normalise(table: pa.Table, source: str) -> pa.Table:
             columns.append(table.column(name))
             fields.append(table.schema.field(name))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=MANIFEST_SCHEMA.metadata))
+
+
+def _upgrade_1_0(table: pa.Table) -> pa.Table:
+    """A 1.0 table as 1.1 reads it: world_frame = identity for synthetic rows (a demo avatar renders all its
+    sequences in its canonical frame) and null otherwise; no landmarks. The rows then say schema_version 1.1."""
+    n = table.num_rows
+    if "world_frame" not in table.column_names and {"identity", "source"} <= set(table.column_names):
+        identity = table.column("identity").to_pylist()
+        source = table.column("source").to_pylist()
+        world = [i if s == "synthetic" else None for i, s in zip(identity, source, strict=True)]
+        table = table.append_column("world_frame", pa.array(world, pa.string()))
+    defaults = {
+        "num_landmarks": pa.array(np.zeros(n, np.int32)),
+        "landmark_layout": pa.nulls(n, pa.string()),
+        "landmarks": pa.nulls(n, pa.list_(pa.list_(pa.float32()))),
+        "landmark_visible": pa.nulls(n, pa.list_(pa.list_(pa.bool_()))),
+    }
+    for name, column in defaults.items():
+        if name not in table.column_names:
+            table = table.append_column(name, column)
+    if "schema_version" in table.column_names:
+        index = table.column_names.index("schema_version")
+        table = table.set_column(index, "schema_version", pa.array([SCHEMA_VERSION] * n, pa.string()))
+    return table
 
 
 def _read_parquet(path: Path) -> pa.Table:

@@ -92,6 +92,9 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
     codes = torch.from_numpy(plan.codes).to(device)
     poses = torch.from_numpy(plan.poses).to(device)
     video = config.video
+    layout = avatar.landmark_layout  # None for topologies without a layout: the row then has no landmarks
+    landmarks = np.zeros((plan.num_frames, layout.num_points if layout else 0, 2), np.float32)
+    visible = np.zeros(landmarks.shape[:2], bool)
     with (
         VideoWriter(
             root / rgb_rel, plan.width, plan.height, plan.fps, crf=video.crf, preset=video.preset, pix_fmt=video.pix_fmt
@@ -110,6 +113,12 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
         for chunk_start in range(0, plan.num_frames, POSE_CHUNK):
             chunk = slice(chunk_start, min(plan.num_frames, chunk_start + POSE_CHUNK))
             posed = avatar.pose(codes[chunk], poses[chunk])
+            if layout is not None:
+                # camera t sees frame t; pixels in the stored frames' grid (CONVENTIONS 1)
+                uv, vis = posed.landmarks(
+                    cameras.K[chunk], cameras.viewmat[chunk], plan.width, plan.height, pair_frames=True
+                )
+                landmarks[chunk], visible[chunk] = uv.cpu().numpy(), vis.cpu().numpy()
             for offset in range(len(posed)):
                 t = chunk_start + offset
                 _maybe_crash(root, plan, t)
@@ -160,6 +169,11 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
             }
         ),
         created_by=f"factorportrait-datagen {__version__}",
+        world_frame=plan.avatar_id,  # every sequence of an avatar is rendered in its canonical frame
+        num_landmarks=layout.num_points if layout else 0,
+        landmark_layout=layout.name if layout else None,
+        landmarks=landmarks if layout else None,
+        landmark_visible=visible if layout else None,
     )
     total = time.perf_counter() - t_start
     stats = SequenceStats(
