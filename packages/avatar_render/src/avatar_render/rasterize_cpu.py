@@ -326,17 +326,27 @@ def rasterization_cpu(
     eps2d: float = 0.3,
     tile_size: int = 16,
     max_chunk_elements: int = 2**24,
+    fast: bool | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:  # colors [C, H, W, X], alphas [C, H, W, 1], meta
     """CPU counterpart of `gsplat.rasterization` (non-packed, pinhole) for the arguments above.
 
     Render modes: "RGB"; "D" accumulated z sum(w z); "ED" expected z sum(w z) / max(alpha, 1e-10);
     "RGB+D" / "RGB+ED" append that depth as the last channel. Backgrounds apply to colour channels only.
+    fast: None (default) composites with the no-grad fast path (rasterize_cpu_fast.py, same image)
+    when no gradient can be asked for (under torch.no_grad() or no input requires grad), and with this
+    module's differentiable path otherwise; True / False force one of them (True needs no gradients).
     """
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if rasterize_mode not in RASTERIZE_MODES:
         raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
     n, cams = means.shape[0], viewmats.shape[0]
+    inputs = (means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if fast is None:
+        fast = not wants_grad
+    elif fast and wants_grad:
+        raise ValueError("rasterization_cpu: fast=True has no backward pass, but an input requires grad")
     proj = project_gaussians(
         means,
         quats,
@@ -379,19 +389,17 @@ def rasterization_cpu(
         if backgrounds is not None:
             backgrounds = backgrounds.new_zeros(cams, 1)
 
-    render_colors, render_alphas = rasterize_to_pixels(
-        proj.means2d,
-        proj.conics,
-        colors,
-        proj.opacities,
-        proj.radii,
-        proj.depths,
-        width,
-        height,
-        backgrounds=backgrounds,
-        tile_size=tile_size,
-        max_chunk_elements=max_chunk_elements,
-    )
+    raster_args = (proj.means2d, proj.conics, colors, proj.opacities, proj.radii, proj.depths, width, height)
+    if fast:
+        from .rasterize_cpu_fast import rasterize_to_pixels_fast
+
+        render_colors, render_alphas = rasterize_to_pixels_fast(
+            *raster_args, backgrounds=backgrounds, tile_size=tile_size
+        )
+    else:
+        render_colors, render_alphas = rasterize_to_pixels(
+            *raster_args, backgrounds=backgrounds, tile_size=tile_size, max_chunk_elements=max_chunk_elements
+        )
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
             [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp_min(1e-10)], dim=-1

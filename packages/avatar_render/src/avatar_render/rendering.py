@@ -68,6 +68,8 @@ def render(
     backend: "gsplat" (CUDA), "cpu" (our PyTorch rasterizer, any device) or "auto" (gsplat when CUDA is
     available and the Gaussians are float32, otherwise cpu). The gsplat path moves CPU inputs to the
     GPU and returns its outputs on the Gaussians' device, so gradients reach the caller's tensors.
+    On "cpu", frames that need no gradient (under torch.no_grad(), or no input requires grad) take the
+    fast no-grad compositor (rasterize_cpu_fast.py); otherwise the differentiable one. Same image.
     """
     backend = _resolve_backend(backend, gaussians)
     if backend == "gsplat":
