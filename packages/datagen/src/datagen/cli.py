@@ -1,9 +1,12 @@
-"""`datagen`: synthetic ViewSweep / DynamicSweep sequences from animatable Gaussian avatars.
+"""`datagen`: synthetic ViewSweep / DynamicSweep sequences (and PhoneCapture / StudioCapture stand-ins)
+from animatable Gaussian avatars.
 
 Examples:
   datagen render --avatars ids.txt --mode dynamicsweep --out data/         # paper settings (1024 px, 32 x 128 frames)
   datagen render --avatars ids.txt --config packages/datagen/configs/demo.toml --out data/   # small CPU preset
   datagen render --avatars ids.txt --mode viewsweep --sequences 4 --frames 16 --resolution 128 --workers 2 --out data/
+  datagen render --avatars ids.txt --mode phonecapture --out data/         # one fixed frontal camera, dynamic face
+  datagen render --avatars ids.txt --mode studiocapture --out data/        # 4 fixed cameras, one row per camera
   datagen validate data/                                                     # every video decodes, arrays line up
   datagen preview data/ --sequence demo-003/dynamicsweep/0001 --out sheet.png
   datagen plot-trajectories --mode spiral --count 8 --out spirals.png
@@ -32,7 +35,9 @@ def _build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, type=Path, help="dataset root (videos/ and manifest/ go there)")
     render.add_argument("--config", type=Path, help="TOML settings (default: configs/<mode>.toml, the paper's)")
     render.add_argument(
-        "--mode", choices=["viewsweep", "dynamicsweep"], help="default: the config's, else dynamicsweep"
+        "--mode",
+        choices=["viewsweep", "dynamicsweep", "phonecapture", "studiocapture"],
+        help="default: the config's, else dynamicsweep",
     )
     render.add_argument("--sequences", type=int, help="sequences per avatar (paper: 128 viewsweep, 32 dynamicsweep)")
     render.add_argument("--frames", type=int, help="frames per sequence (paper: 100 viewsweep, 128 dynamicsweep)")
@@ -45,6 +50,16 @@ def _build_parser() -> argparse.ArgumentParser:
     render.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto or ray://host:10001)")
     render.add_argument("--backend", choices=["auto", "cpu", "gsplat"], help="splatting backend (gsplat needs CUDA)")
     render.add_argument("--avatar-dir", type=Path, help="folder of NAME.avatar.safetensors files")
+    render.add_argument(
+        "--camera-distance", type=float, help="phonecapture: camera distance from the head centre in m (0.32)"
+    )
+    render.add_argument(
+        "--studio-yaws",
+        type=_floats,
+        help="studiocapture: comma-separated camera yaws in degrees (-45,-15,15,45); pitches default to 0 when "
+        "their count changes",
+    )
+    render.add_argument("--studio-pitches", type=_floats, help="studiocapture: comma-separated camera pitches (deg)")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
 
     validate = sub.add_parser("validate", help="check every manifest row's videos and per-frame arrays")
@@ -65,6 +80,16 @@ def _build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--config", type=Path, help="TOML settings for the trajectory ranges")
     plot.add_argument("--out", required=True, type=Path, help="output PNG")
     return parser
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +120,13 @@ def _load_render_config(args: argparse.Namespace):
         "ray_address": args.ray_address,
         "backend": args.backend,
         "avatar_dir": str(args.avatar_dir) if args.avatar_dir else None,
+        "capture.distance_m": args.camera_distance,
+        "capture.studio_yaw_deg": args.studio_yaws,
+        "capture.studio_pitch_deg": args.studio_pitches,
     }
+    yaws = args.studio_yaws
+    if yaws is not None and args.studio_pitches is None and len(yaws) != len(config.capture.studio_pitch_deg):
+        overrides["capture.studio_pitch_deg"] = (0.0,) * len(yaws)
     return apply_overrides(config, overrides)
 
 
@@ -105,8 +136,10 @@ def _render(args: argparse.Namespace) -> int:
 
     config = _load_render_config(args)
     avatar_ids = read_avatar_ids(args.avatars)
+    cameras = f" x {config.num_cameras} cameras" if config.num_cameras > 1 else ""
     print(
-        f"datagen: {config.mode}, {len(avatar_ids)} avatars x {config.sequences} sequences x {config.frames} frames "
+        f"datagen: {config.mode}, {len(avatar_ids)} avatars x {config.sequences} sequences{cameras} x "
+        f"{config.frames} frames "
         f"at {config.resolution}px, backend {config.backend}, "
         f"{'in-process' if config.workers == 0 and not config.ray_address else 'Ray'} -> {args.out}",
         file=sys.stderr,

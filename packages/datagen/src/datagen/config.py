@@ -12,12 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .trajectories import SpinConfig, SpiralConfig
+from .trajectories import CaptureConfig, SpinConfig, SpiralConfig
 
-MODES = ("viewsweep", "dynamicsweep")
+MODES = ("viewsweep", "dynamicsweep", "phonecapture", "studiocapture")
+#: Stand-ins for the paper's private capture datasets: fixed cameras, expression and pose from the capture track.
+CAPTURE_MODES = ("phonecapture", "studiocapture")
 BACKENDS = ("auto", "cpu", "gsplat")
 #: Paper numbers per mode: sequences per identity and frames per sequence.
-MODE_DEFAULTS = {"viewsweep": {"sequences": 128, "frames": 100}, "dynamicsweep": {"sequences": 32, "frames": 128}}
+#: The capture stand-ins (paper: private data, sizes missing) default to DynamicSweep's segment length; a
+#: studio "sequence" is one take, seen by every camera of the rig (one manifest row per camera).
+MODE_DEFAULTS = {
+    "viewsweep": {"sequences": 128, "frames": 100},
+    "dynamicsweep": {"sequences": 32, "frames": 128},
+    "phonecapture": {"sequences": 32, "frames": 128},
+    "studiocapture": {"sequences": 8, "frames": 128},
+}
 
 
 class ConfigError(ValueError):
@@ -55,6 +64,7 @@ class RenderConfig:
     gpus_per_task: float = 0.25
     spin: SpinConfig = field(default_factory=SpinConfig)
     spiral: SpiralConfig = field(default_factory=SpiralConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
 
     def __post_init__(self) -> None:
@@ -95,7 +105,14 @@ class RenderConfig:
         need(0 <= self.video.normal_crf <= 51, "video.normal_crf", self.video.normal_crf, "must be in [0, 51]")
 
     def trajectory_kind(self, index: int) -> str:
+        if self.mode in CAPTURE_MODES:
+            return "static"
         return "spin" if index % self.spin_every == 0 else "spiral"
+
+    @property
+    def num_cameras(self) -> int:
+        """Cameras per sequence: the studio rig's size for studiocapture, else 1 (one row per camera)."""
+        return self.capture.num_studio_cameras if self.mode == "studiocapture" else 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,7 +120,7 @@ class RenderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> RenderConfig:
         data = dict(data)
-        nested = {"spin": SpinConfig, "spiral": SpiralConfig, "video": VideoConfig}
+        nested = {"spin": SpinConfig, "spiral": SpiralConfig, "capture": CaptureConfig, "video": VideoConfig}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in data.items():
@@ -155,6 +172,9 @@ def apply_overrides(config: RenderConfig, overrides: dict[str, Any], source: str
     for sequences / frames unless they are overridden too)."""
     data = config.to_dict()
     given = {k: v for k, v in overrides.items() if v is not None}
+    for key in [k for k in given if "." in k]:  # "capture.distance_m" -> data["capture"]["distance_m"]
+        table, sub = key.split(".", 1)
+        data[table] = {**data[table], sub: given.pop(key)}
     if "mode" in given and given["mode"] != config.mode:
         if given["mode"] not in MODES:
             raise ConfigError(f"{source}: --mode {given['mode']!r}: expected one of {', '.join(MODES)}")

@@ -36,8 +36,8 @@ class SequenceStats:
 
 
 def video_paths(plan: SequencePlan) -> tuple[str, str]:
-    """Relative paths of the RGB and normal videos of a plan."""
-    base = f"videos/{plan.avatar_id}/{plan.mode}/{plan.index:04d}"
+    """Relative paths of the RGB and normal videos of a plan: videos/<sequence id>_{rgb,normal}.mp4."""
+    base = f"videos/{plan.sequence_id}"
     return f"{base}_rgb.mp4", f"{base}_normal.mp4"
 
 
@@ -46,7 +46,7 @@ def remove_stale_temporaries(root: Path, plan: SequencePlan) -> None:
     rgb, _ = video_paths(plan)
     folder = (root / rgb).parent
     if folder.exists():
-        stem = f"{plan.index:04d}_"
+        stem = plan.sequence_id.rsplit("/", 1)[-1] + "_"
         for path in folder.iterdir():
             if path.name.startswith("." + stem) and ".tmp" in path.name:
                 path.unlink(missing_ok=True)
@@ -136,11 +136,11 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
     frame_index = np.arange(plan.num_frames, dtype=np.int32)
     row = ManifestRow(
         sequence_id=plan.sequence_id,
-        dataset="ViewSweep" if plan.mode == "viewsweep" else "DynamicSweep",
+        dataset=plan.dataset,
         source="synthetic",
         identity=plan.avatar_id,
-        camera_id="virtual",
-        mode=plan.mode,
+        camera_id=plan.camera_id,
+        mode=plan.manifest_mode,
         trajectory=plan.trajectory.kind,
         seed=plan.seed,
         sequence_index=plan.index,

@@ -59,13 +59,16 @@ def ensure_writable(out: Path) -> None:
 def is_complete(root: Path, seq_id: str, done_ids: set[str]) -> bool:
     if seq_id not in done_ids:
         return False
-    avatar_id, mode, index = seq_id.rsplit("/", 2)
-    base = root / "videos" / avatar_id / mode / index
+    base = root / "videos" / seq_id  # render_sequence.video_paths
     return Path(f"{base}_rgb.mp4").exists() and Path(f"{base}_normal.mp4").exists()
 
 
-def render_one(config_dict: dict, avatar_id: str, avatar_spec: str, index: int, root: str) -> dict:
-    """One task: plan, render and record sequence `index` of one avatar. Runs in a Ray worker or in-process."""
+def render_one(
+    config_dict: dict, avatar_id: str, avatar_spec: str, index: int, root: str, camera: int | None = None
+) -> dict:
+    """One task: plan, render and record sequence `index` (studio: its `camera`) of one avatar.
+
+    Runs in a Ray worker or in-process."""
     import torch
 
     from .plan import plan_sequence
@@ -74,7 +77,7 @@ def render_one(config_dict: dict, avatar_id: str, avatar_spec: str, index: int, 
     config = RenderConfig.from_dict(config_dict)
     torch.set_num_threads(config.torch_threads)
     avatar = cached_avatar(avatar_spec)
-    plan = plan_sequence(config, avatar, index, avatar_id=avatar_id)
+    plan = plan_sequence(config, avatar, index, avatar_id=avatar_id, camera=camera)
     row, stats = render_sequence(plan, avatar, config, Path(root))
     write_part(Path(root), row)
     return {
@@ -96,18 +99,20 @@ def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: 
     summary = RunSummary()
     done_ids = completed_sequence_ids(root)
     todo = []
+    cameras = [None] if config.mode != "studiocapture" else list(range(config.num_cameras))
     for avatar_id in avatar_ids:
         for index in range(config.sequences):
-            if is_complete(root, sequence_id(avatar_id, config.mode, index), done_ids):
-                summary.skipped += 1
-            else:
-                todo.append((avatar_id, index))
+            for camera in cameras:
+                if is_complete(root, sequence_id(avatar_id, config.mode, index, camera), done_ids):
+                    summary.skipped += 1
+                else:
+                    todo.append((avatar_id, index, camera))
     start = time.perf_counter()
     bar = tqdm(
         total=len(todo), desc=f"datagen {config.mode}", unit="seq", disable=not progress or not todo, file=sys.stderr
     )
 
-    def record(result: dict | None, key: tuple[str, int], error: BaseException | None) -> None:
+    def record(result: dict | None, key: tuple[str, int, int | None], error: BaseException | None) -> None:
         if error is None:
             summary.done += 1
             summary.frames += result["frames"]
@@ -116,7 +121,9 @@ def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: 
             summary.other_s += result["other_s"]
         else:
             summary.failed += 1
-            summary.failures.append(f"{sequence_id(key[0], config.mode, key[1])}: {type(error).__name__}: {error}")
+            summary.failures.append(
+                f"{sequence_id(key[0], config.mode, key[1], key[2])}: {type(error).__name__}: {error}"
+            )
         bar.update(1)
         bar.set_postfix(done=summary.done, failed=summary.failed)
 
@@ -124,7 +131,7 @@ def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: 
     if todo and config.workers == 0 and config.ray_address is None:
         for key in todo:
             try:
-                record(render_one(config_dict, key[0], specs[key[0]], key[1], str(root)), key, None)
+                record(render_one(config_dict, key[0], specs[key[0]], key[1], str(root), key[2]), key, None)
             except Exception as err:  # noqa: BLE001 - one bad sequence must not stop the job
                 record(None, key, err)
     elif todo:
@@ -136,7 +143,12 @@ def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: 
 
 
 def _run_with_ray(
-    config: RenderConfig, config_dict: dict, specs: dict[str, str], todo: list[tuple[str, int]], root: Path, record
+    config: RenderConfig,
+    config_dict: dict,
+    specs: dict[str, str],
+    todo: list[tuple[str, int, int | None]],
+    root: Path,
+    record,
 ) -> None:
     import ray
 
@@ -157,7 +169,7 @@ def _run_with_ray(
             max_retries=3,
             retry_exceptions=False,
         )
-        pending = {task.remote(config_dict, a, specs[a], i, str(root.resolve())): (a, i) for a, i in todo}
+        pending = {task.remote(config_dict, a, specs[a], i, str(root.resolve()), c): (a, i, c) for a, i, c in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

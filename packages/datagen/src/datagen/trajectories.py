@@ -30,13 +30,16 @@ import torch
 from avatar_render.camera import DEFAULT_FOV_DEG, focal_from_fov, look_at_viewmat
 
 __all__ = [
+    "CaptureConfig",
     "SpinConfig",
     "SpiralConfig",
     "Trajectory",
     "intrinsics",
+    "phone_trajectory",
     "plot_trajectories",
     "spin_trajectory",
     "spiral_trajectory",
+    "studio_trajectory",
 ]
 
 #: |elevation| / |pitch| limit: keeps the viewing direction well away from the world up vector of the look-at.
@@ -132,12 +135,92 @@ class SpiralConfig:
             raise ValueError(f"{name}: field 'max_steepness' = {self.max_steepness!r}: must be > 0")
 
 
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Fixed cameras of the capture stand-ins: one frontal phone camera; a studio rig of a few cameras.
+
+    Phone: a camera `distance_m` from the head centre on the face's axis (+Z), looking at it, with a
+    per-sequence jitter (uniform, +-`distance_jitter_m` in distance and +-`position_jitter_m` per axis in the
+    camera position and, independently, the look-at point), fixed over the sequence.
+    Studio: one camera per entry of `studio_yaw_deg` / `studio_pitch_deg` (degrees about the head centre,
+    yaw toward the subject's left +X, pitch up), `studio_distance_m` away, looking at the head centre;
+    the rig is the same for every take of every identity.
+    """
+
+    distance_m: float = 0.32  # the model's default camera distance for a user's photo
+    distance_jitter_m: float = 0.02
+    position_jitter_m: float = 0.01
+    phone_camera_id: str = "phone-standin"
+    studio_yaw_deg: tuple[float, ...] = (-45.0, -15.0, 15.0, 45.0)
+    studio_pitch_deg: tuple[float, ...] = (5.0, -5.0, -5.0, 5.0)
+    studio_distance_m: float = 0.36
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field_name in ("distance_m", "studio_distance_m"):
+            value = getattr(self, field_name)
+            if not (math.isfinite(value) and value > 0.05):
+                raise ValueError(f"{name}: field '{field_name}' = {value!r}: must be > 0.05 m")
+        for field_name in ("distance_jitter_m", "position_jitter_m"):
+            value = getattr(self, field_name)
+            if not (math.isfinite(value) and 0 <= value < 0.25 * self.distance_m):
+                raise ValueError(f"{name}: field '{field_name}' = {value!r}: must be in [0, distance_m / 4)")
+        object.__setattr__(self, "studio_yaw_deg", tuple(float(v) for v in self.studio_yaw_deg))
+        object.__setattr__(self, "studio_pitch_deg", tuple(float(v) for v in self.studio_pitch_deg))
+        if not self.studio_yaw_deg or len(self.studio_yaw_deg) != len(self.studio_pitch_deg):
+            raise ValueError(
+                f"{name}: fields 'studio_yaw_deg' {list(self.studio_yaw_deg)} and 'studio_pitch_deg' "
+                f"{list(self.studio_pitch_deg)} must be non-empty and of equal length (one entry per camera)"
+            )
+        if any(abs(p) > MAX_ELEVATION_DEG for p in self.studio_pitch_deg):
+            raise ValueError(f"{name}: field 'studio_pitch_deg' must lie within +-{MAX_ELEVATION_DEG:g} deg")
+        if not self.phone_camera_id.strip():
+            raise ValueError(f"{name}: field 'phone_camera_id' must be a non-empty string")
+
+    @property
+    def num_studio_cameras(self) -> int:
+        return len(self.studio_yaw_deg)
+
+
+def phone_trajectory(
+    rng: np.random.Generator, num_frames: int, cfg: CaptureConfig | None = None, head_centre=(0.0, 0.0, 0.0)
+) -> Trajectory:
+    """A fixed frontal camera (the phone stand-in), jittered once per sequence."""
+    cfg = cfg or CaptureConfig()
+    _check_frames(num_frames)
+    centre = np.asarray(head_centre, np.float64)
+    distance = cfg.distance_m + rng.uniform(-cfg.distance_jitter_m, cfg.distance_jitter_m)
+    eye = centre + [0.0, 0.0, distance] + rng.uniform(-cfg.position_jitter_m, cfg.position_jitter_m, 3)
+    target = centre + rng.uniform(-cfg.position_jitter_m, cfg.position_jitter_m, 3)
+    params = {"distance_m": float(distance), "eye": _floats(eye), "target": _floats(target)}
+    return Trajectory(
+        "static", np.repeat(eye[None], num_frames, 0), np.repeat(target[None], num_frames, 0), params, centre
+    )
+
+
+def studio_trajectory(
+    camera: int, num_frames: int, cfg: CaptureConfig | None = None, head_centre=(0.0, 0.0, 0.0)
+) -> Trajectory:
+    """Camera `camera` of the fixed studio rig (no randomness: the rig is the same for every take)."""
+    cfg = cfg or CaptureConfig()
+    _check_frames(num_frames)
+    if not 0 <= camera < cfg.num_studio_cameras:
+        raise ValueError(f"studio_trajectory: camera {camera} outside the rig's {cfg.num_studio_cameras} cameras")
+    centre = np.asarray(head_centre, np.float64)
+    yaw, pitch = cfg.studio_yaw_deg[camera], cfg.studio_pitch_deg[camera]
+    eye = centre + _spherical(np.array(yaw), np.array(pitch), np.array(cfg.studio_distance_m))
+    params = {"camera": camera, "yaw_deg": yaw, "pitch_deg": pitch, "distance_m": cfg.studio_distance_m}
+    return Trajectory(
+        "static", np.repeat(eye[None], num_frames, 0), np.repeat(centre[None], num_frames, 0), params, centre
+    )
+
+
 # ---------------------------------------------------------------------------------------------- trajectory
 @dataclass
 class Trajectory:
     """A camera path: centres `eyes` [T, 3] looking at `targets` [T, 3] (float64, avatar canonical frame)."""
 
-    kind: str  # "spin" | "spiral"
+    kind: str  # "spin" | "spiral" | "static"
     eyes: np.ndarray  # [T, 3] camera centres
     targets: np.ndarray  # [T, 3] look-at points
     params: dict = field(default_factory=dict)  # JSON-serialisable description of the random choices
