@@ -1,21 +1,48 @@
-"""CPU splatting backend: frames/s and peak memory on a demo avatar at 256, 512 and 1024 px, and the
-speed-up over a straightforward PyTorch compositor that expands every Gaussian x pixel pair in the
-Gaussians' bounding boxes (same projection, same compositing rules). gsplat is timed too when CUDA is present.
+"""CPU splatting backend on a demo avatar: ms/frame of the reference (differentiable, tiled) path, the no-grad
+fast path that `render(..., backend="cpu")` takes without gradients, and a straightforward PyTorch compositor
+that expands every Gaussian x pixel pair in the Gaussians' bounding boxes (same projection, same compositing
+rules); speed-ups, PSNR between them and peak memory; then the end-to-end effect on the README's demo command
+(`datagen render` with configs/demo.toml), frames/s with the reference path forced and with the default.
+gsplat is timed too when CUDA is present.
 
-    uv run python benchmarks/render_cpu.py [--avatar demo-003] [--sizes 256 512 1024] [--repeats 2]
+    uv run python benchmarks/render_cpu.py [--avatar demo-003] [--sizes 32 64 ... 1024] [--no-e2e]
+        [--markdown benchmarks/results/render_cpu.md]
+
+Timings are the best of a few repeats (fewer at large sizes): on a shared machine the best run is the
+least disturbed one. Peak memory is the process's peak RSS after each path has run at that size (it only
+grows, so each path is run for all sizes before the next path).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from avatar_render import Camera, load_avatar
 from avatar_render.projection import project_gaussians
 from avatar_render.rasterize_cpu import rasterize_to_pixels
+from avatar_render.rasterize_cpu_fast import rasterize_to_pixels_fast
+from avatar_render.rendering import CPU_TILE_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Imported by every Python process of the "before" demo run (Ray workers inherit PYTHONPATH): it makes
+# rasterization_cpu default to the reference path, i.e. the backend as it was before the fast path.
+_FORCE_REFERENCE = """
+import functools
+import avatar_render.rasterize_cpu as _m
+_m.rasterization_cpu = functools.partial(_m.rasterization_cpu, fast=False)
+"""
 
 
 def naive_composite(proj, colors: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -64,57 +91,150 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def best_ms(fn, repeats: int) -> tuple[float, object]:
+    result, best = None, math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return 1e3 * best, result
+
+
+def repeats_for(size: int, base: int) -> int:
+    return max(1, base if size <= 256 else base // 2 if size <= 512 else 1)
+
+
+def demo_fps(force_reference: bool) -> tuple[float, int, float]:
+    """Run the README's demo command in a subprocess; return (frames/s, frames, wall s)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "packages/datagen/configs/demo.toml").read_text())
+    lines = (ROOT / "pipelines/demo_avatars.txt").read_text().splitlines()
+    avatars = [x.strip() for x in lines if x.strip() and not x.strip().startswith("#")]
+    frames = len(avatars) * int(config["sequences"]) * int(config["frames"])
+    out = Path(tempfile.mkdtemp(prefix="render-cpu-bench-"))
+    env = dict(os.environ)
+    if force_reference:
+        site = out / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_FORCE_REFERENCE)
+        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [
+        sys.executable, "-m", "datagen.cli", "render",
+        "--avatars", str(ROOT / "pipelines/demo_avatars.txt"),
+        "--config", str(ROOT / "packages/datagen/configs/demo.toml"),
+        "--out", str(out / "demo"),
+    ]  # fmt: skip
+    try:
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return frames / wall, frames, wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--avatar", default="demo-003")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
+    parser.add_argument("--repeats", type=int, default=3, help="repeats up to 256 px (fewer above)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end demo command")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     torch.manual_seed(0)
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
     avatar = load_avatar(args.avatar)
     codes, poses = avatar.capture_segment(200, 1)
     g = avatar.pose(codes, poses).frame(0)
-    print(f"avatar {args.avatar}: {len(g)} Gaussians, torch threads {torch.get_num_threads()}")
-    # Ours first at every size (the process's peak RSS only grows: the naive baseline needs far more memory).
-    cases = []
+    say(
+        f"avatar {args.avatar}: {len(g)} Gaussians, torch threads {torch.get_num_threads()}, "
+        f"tile size {CPU_TILE_SIZE} (as render() uses); ms/frame = best of {args.repeats} up to 256 px"
+    )
+    cases = {}
     for size in args.sizes:
         cam = Camera.look_at(torch.tensor([[0.05, 0.02, 0.30]]), torch.tensor([0.0, -0.02, 0.0]), size, size)
         with torch.no_grad():
             proj = project_gaussians(g.means, g.quats, g.scales, g.opacities, cam.viewmat, cam.K, size, size)
-            colors = g.rgb[None].clamp_min(0)
-            args_ = (proj.means2d, proj.conics, colors, proj.opacities, proj.radii, proj.depths, size, size)
-            rasterize_to_pixels(*args_)  # warm-up
-            t = time.perf_counter()
-            for _ in range(args.repeats):
-                image = rasterize_to_pixels(*args_)[0]
-            cases.append((size, proj, colors, image, (time.perf_counter() - t) / args.repeats, peak_rss_gib()))
-    print(f"{'size':>6} {'ours fps':>9} {'ours peak RSS GiB':>18} {'naive fps':>10} {'speed-up':>9} {'max |diff|':>11}")
-    for size, proj, colors, image, t_ours, rss in cases:
-        with torch.no_grad():
-            t = time.perf_counter()
-            reference = naive_composite(proj, colors, size, size)
-            t_naive = time.perf_counter() - t
-        diff = float((image - reference).abs().max())
-        print(f"{size:>6} {1 / t_ours:>9.2f} {rss:>18.2f} {1 / t_naive:>10.2f} {t_naive / t_ours:>8.1f}x {diff:>11.2e}")
-    print(f"peak RSS with the naive baseline: {peak_rss_gib():.2f} GiB")
+        colors = g.rgb[None].clamp_min(0)
+        cases[size] = (proj, colors, (proj.means2d, proj.conics, colors, proj.opacities, proj.radii, proj.depths))
+    results: dict[int, dict[str, object]] = {s: {} for s in args.sizes}
+    # One path at all sizes before the next: peak RSS only grows (the naive baseline needs the most).
+    paths = [
+        ("fast", lambda s, a: rasterize_to_pixels_fast(*a, s, s, tile_size=CPU_TILE_SIZE)[0]),
+        ("reference", lambda s, a: rasterize_to_pixels(*a, s, s, tile_size=CPU_TILE_SIZE)[0]),
+        ("naive", lambda s, a: naive_composite(cases[s][0], cases[s][1], s, s)),
+    ]
+    for name, fn in paths:
+        for size in args.sizes:
+            a = cases[size][2]
+            with torch.no_grad():
+                if size <= 256:
+                    fn(size, a)  # warm-up
+                ms, image = best_ms(lambda size=size, a=a, fn=fn: fn(size, a), repeats_for(size, args.repeats))
+            results[size][name] = (ms, image, peak_rss_gib())
+
+    say()
+    say("| size | reference ms | fast ms | naive ms | fast vs reference | fast vs naive | PSNR fast/ref dB "
+        "| PSNR ref/naive dB | coverage diff px | peak RSS GiB fast / ref / naive |")  # fmt: skip
+    say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size in args.sizes:
+        r = results[size]
+        (t_f, im_f, m_f), (t_r, im_r, m_r), (t_n, im_n, m_n) = r["fast"], r["reference"], r["naive"]
+        cov = int(((im_f.sum(-1) > 0) != (im_r.sum(-1) > 0)).sum())
+        say(
+            f"| {size} | {t_r:.1f} | {t_f:.1f} | {t_n:.1f} | {t_r / t_f:.1f}x | {t_n / t_f:.1f}x | "
+            f"{psnr(im_f, im_r):.1f} | {psnr(im_r, im_n):.1f} | {cov} | {m_f:.2f} / {m_r:.2f} / {m_n:.2f} |"
+        )
+    say()
+    say("coverage diff: pixels drawn by one path and not the other (colour sum > 0).")
+
+    if not args.no_e2e:
+        say()
+        say("End to end: `uv run datagen render --avatars pipelines/demo_avatars.txt "
+            "--config packages/datagen/configs/demo.toml --out ...`")  # fmt: skip
+        before = demo_fps(force_reference=True)
+        after = demo_fps(force_reference=False)
+        say("| run | frames | wall s | frames/s |")
+        say("|---|---:|---:|---:|")
+        say(f"| before (reference path forced) | {before[1]} | {before[2]:.1f} | {before[0]:.2f} |")
+        say(f"| after (fast path) | {after[1]} | {after[2]:.1f} | {after[0]:.2f} |")
+        say(f"speed-up end to end: {after[0] / before[0]:.2f}x")
+
     if torch.cuda.is_available():
         from avatar_render import render
 
         gc = g.to("cuda")
         for size in args.sizes:
-            cam = Camera.look_at(torch.tensor([[0.05, 0.02, 0.30]]), torch.tensor([0.0, -0.02, 0.0]), size, size).to(
-                "cuda"
-            )
+            cam = Camera.look_at(torch.tensor([[0.05, 0.02, 0.30]]), torch.tensor([0.0, -0.02, 0.0]), size, size)
+            cam = cam.to("cuda")
             render(gc, cam, backend="gsplat")
             torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(20):
                 render(gc, cam, backend="gsplat")
             torch.cuda.synchronize()
-            print(
-                f"gsplat {size}px: {20 / (time.perf_counter() - t):.1f} fps, peak CUDA "
+            say(
+                f"gsplat {size}px: {1e3 * (time.perf_counter() - t) / 20:.2f} ms/frame, peak CUDA "
                 f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
             )
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.markdown.with_suffix(args.markdown.suffix + ".tmp")
+        tmp.write_text(
+            "# CPU splatting benchmark\n\n`uv run python benchmarks/render_cpu.py`\n\n" + "\n".join(lines) + "\n"
+        )
+        tmp.replace(args.markdown)
 
 
 if __name__ == "__main__":
