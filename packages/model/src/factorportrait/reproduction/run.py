@@ -1,0 +1,201 @@
+"""The whole reproduction chain as resumable steps (pipelines/reproduce.py is the command line around it)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import DATAGEN_MODES, VARIANTS, ReproConfig
+from .data import RenderJob, render_jobs, split_roots
+from .steps import StepRunner, write_json_atomic
+
+log = logging.getLogger("factorportrait.reproduction")
+
+#: render(job, dataset_root) renders one job with datagen (the orchestrator's business: this package never
+#: imports datagen).
+RenderFn = Callable[[RenderJob, Path], None]
+
+
+def _say(message: str) -> None:
+    log.info(message)
+
+
+def run_reproduction(
+    config: ReproConfig,
+    run_dir: Path,
+    render: RenderFn,
+    available: set[str],
+    report_path: Path,
+) -> dict[str, dict]:
+    """Run (or resume) every step; returns the step records (marker contents) by name."""
+    import torch
+
+    torch.set_num_threads(config.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    steps = StepRunner(run_dir)
+    tick = time.perf_counter()
+
+    # 1. data
+    wanted = [d for d, n in config.sequences.items() if n > 0]
+    jobs = render_jobs(config, available)
+    steps.summaries["data-plan"] = {
+        "wall_s": 0.0,
+        "summary": {
+            "available": [d for d in wanted if d in available],
+            "missing": [d for d in wanted if d not in available],
+            "jobs": [{"name": j.name, "ids": j.ids, "sequences": j.sequences, "frames": j.frames} for j in jobs],
+        },
+    }
+    from concurrent.futures import ThreadPoolExecutor
+
+    def render_step(job: RenderJob) -> None:
+        root = run_dir / job.root
+
+        def do_render() -> dict:
+            render(job, root)
+            return {"root": job.root, "ids": job.ids, "sequences": job.sequences, "frames": job.frames}
+
+        steps.run(job.name, do_render, [f"{job.root}/manifest/manifest.parquet"])
+
+    # datagen jobs are separate processes: run a few at once (each one renders in its own process)
+    with ThreadPoolExecutor(max_workers=config.render_parallel) as pool:
+        list(pool.map(render_step, jobs))
+    present = set(split_roots(run_dir, "train"))
+
+    # 2. VAE
+    from .vae_train import train_vae
+
+    steps.run("vae", lambda: train_vae(config, run_dir, _say), ["wan/vae/config.json"])
+    # 3a. prior
+    from .prior import train_prior
+
+    steps.run("prior", lambda: train_prior(config, run_dir, _say), ["wan/transformer/config.json"])
+    # 4. instruments (before fine-tuning: independent of it, and cheap to fail early on)
+    from .instruments import FILES, train_instruments
+
+    steps.run(
+        "instruments", lambda: train_instruments(config, run_dir, _say), [f"instruments/{f}" for f in FILES.values()]
+    )
+
+    # 3b. fine-tuning
+    from .finetune import first_stage, run_stage, train_config
+
+    data_roots = list(split_roots(run_dir, "train").values())
+    trained: dict[str, Path] = {}
+    for variant in [v for v in VARIANTS if v in config.variants]:
+        ok = True
+        for stage in range(first_stage(variant), 5):
+            name = f"train-{variant}-stage{stage}"
+            full_stage2 = run_dir / "train" / "full" / "stage2" / "final" / "config.json"
+            if variant == "c1" and not steps.is_done(name) and not full_stage2.exists():
+                ok = False
+                steps.summaries[name] = {"wall_s": 0.0, "summary": {"error": "needs Full's stage 2"}}
+                break
+            cfg = train_config(config, run_dir, variant, stage, data_roots, present)
+            out = f"train/{variant}/stage{stage}/final/config.json"
+            try:
+                steps.run(name, lambda cfg=cfg: run_stage(cfg), [out])
+            except Exception as err:  # noqa: BLE001 - one ablation failing must not take the others down
+                log.error("step %s failed: %s", name, err)
+                log.debug(traceback.format_exc())
+                steps.summaries[name] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
+                ok = False
+                break
+        if ok:
+            trained[variant] = run_dir / "train" / variant / "stage4" / "final"
+
+    # 5. evaluation
+    from .evaluate import baselines, eval_clips, evaluate_model, run_model_eval
+
+    splits = {
+        split: clips
+        for split in ("heldout_ids", "heldout_seqs")
+        if split_roots(run_dir, split) and (clips := eval_clips(config, run_dir, split))
+    }
+    steps.run("eval-baselines", lambda: baselines(config, run_dir, splits), [])
+    for variant, model_dir in trained.items():
+        name = f"eval-{variant}"
+        try:
+            steps.run(
+                name,
+                lambda v=variant, m=model_dir: evaluate_model(
+                    config, run_dir, v, m, splits, swaps=v == "full", log=_say
+                ),
+                [f"eval/videos/{variant}"],
+            )
+        except Exception as err:  # noqa: BLE001
+            log.error("step %s failed: %s", name, err)
+            steps.summaries[name] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
+    if "full" in trained and steps.is_done("eval-full"):
+        try:
+            steps.run(
+                "model-eval",
+                lambda: {"groups": run_model_eval(run_dir, "full")},
+                ["eval/model_eval_full/results.json"],
+            )
+        except Exception as err:  # noqa: BLE001
+            steps.summaries["model-eval"] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
+        try:
+            steps.run("infer-demo", lambda: infer_demo(config, run_dir, trained["full"]), ["eval/infer_demo.mp4"])
+        except Exception as err:  # noqa: BLE001
+            steps.summaries["infer-demo"] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
+
+    # 6. report (always regenerated)
+    from .report import write_report
+
+    report = write_report(config, run_dir, report_path, steps.summaries)
+    log.info("wrote %s; this invocation took %.0f s", report, time.perf_counter() - tick)
+    return steps.summaries
+
+
+def infer_demo(config: ReproConfig, run_dir: Path, model_dir: Path) -> dict:
+    """`model-infer` with the trained expression encoder on a held-out ground-truth video (the CLI path)."""
+    from ..cli.infer import main
+    from .instruments import FILES
+
+    videos = sorted((run_dir / "eval" / "videos" / "gt" / "heldout_ids").rglob("*.mp4"))
+    refs = sorted((run_dir / "eval" / "videos" / "reference" / "heldout_ids").rglob("*.png"))
+    if not videos or not refs:
+        raise FileNotFoundError("no held-out ground-truth video / reference written by eval-full")
+    out = run_dir / "eval" / "infer_demo.mp4"
+    argv = [
+        "--model",
+        str(model_dir),
+        "--vae",
+        str(run_dir / "wan"),
+        "--image",
+        str(refs[0]),
+        "--driving",
+        str(videos[0]),
+        "--expression-encoder",
+        str(run_dir / "instruments" / FILES["expression"]),
+        "--camera",
+        "static",
+        "--frames",
+        str(config.eval_frames),
+        "--height",
+        str(config.resolution),
+        "--width",
+        str(config.resolution),
+        "--steps",
+        str(config.eval_steps),
+        "--scheduler",
+        "euler",
+        "--window",
+        str(config.eval_frames),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    rc = main(argv)
+    if rc != 0:
+        raise RuntimeError(f"model-infer exited with {rc}")
+    return {"argv": argv, "out": str(out)}
+
+
+__all__ = ["run_reproduction", "DATAGEN_MODES"]

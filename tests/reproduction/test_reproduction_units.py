@@ -1,0 +1,94 @@
+"""Pieces of the reproduction chain checked against independent expectations (no rendering, no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from factorportrait.reproduction.config import ReproConfigError, load_repro_config, parse_override
+from factorportrait.reproduction.finetune import stage_mixture
+from factorportrait.reproduction.instruments import (
+    pose_targets,
+    rotation_error_deg,
+    six_d_to_matrix,
+    translation_error_mm,
+)
+from factorportrait.reproduction.steps import StepRunner
+
+
+def test_presets_load_and_overrides_apply():
+    for name in ("micro", "cpu", "gpu"):
+        cfg = load_repro_config(name)
+        assert cfg.preset == name
+        assert not set(cfg.train_ids) & set(cfg.heldout_ids)
+    cfg = load_repro_config("micro", ["vae_steps=7", 'variants=["full", "c2"]', "device=cpu"])
+    assert (cfg.vae_steps, cfg.variants, cfg.device) == (7, ["full", "c2"], "cpu")
+    assert parse_override("spin_sweep_deg=45.5") == ("spin_sweep_deg", 45.5)
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ReproConfigError, match="heldout_ids"):
+        load_repro_config("micro", ['heldout_ids=["demo-000"]'])  # overlaps the train identities
+    with pytest.raises(ReproConfigError, match="unknown field"):
+        load_repro_config("micro", ["no_such_field=1"])
+    with pytest.raises(ReproConfigError, match="eval_frames"):
+        load_repro_config("micro", ["eval_frames=6"])
+
+
+def test_c1_mixture_is_tab1_without_dynamicsweep_renormalised():
+    everything = {"PhoneCapture", "StudioCapture", "ViewSweep", "DynamicSweep"}
+    full = stage_mixture(3, "full", everything)
+    assert full == pytest.approx({"PhoneCapture": 0.2, "StudioCapture": 0.2, "ViewSweep": 0.3, "DynamicSweep": 0.3})
+    c1 = stage_mixture(3, "c1", everything)
+    # 0.2 / 0.7 and 0.3 / 0.7: the remaining Tab. 1 ratios, rescaled to sum to one
+    assert c1 == pytest.approx({"PhoneCapture": 2 / 7, "StudioCapture": 2 / 7, "ViewSweep": 3 / 7})
+    assert stage_mixture(1, "full", {"ViewSweep", "DynamicSweep"}) == {"ViewSweep": 1.0}  # no PhoneCapture rendered
+
+
+def test_pose_targets_match_a_hand_built_camera_frame_pose():
+    # head turned 90 deg about +y and moved 1 cm along +x; camera 0.3 m in front, looking back at the origin
+    head = np.array([[0.0, math.pi / 2, 0.0, 0.01, 0.0, 0.0]])
+    viewmat = np.eye(4)[None].copy()
+    viewmat[0, :3, :3] = np.diag([-1.0, 1.0, -1.0])  # rotation by 180 deg about y
+    viewmat[0, 2, 3] = 0.3
+    target = pose_targets(head, viewmat)[0]
+    r_head = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # Ry(90)
+    r_cam = np.diag([-1.0, 1.0, -1.0]) @ r_head
+    np.testing.assert_allclose(target[:3], r_cam[:, 0], atol=1e-6)
+    np.testing.assert_allclose(target[3:6], r_cam[:, 1], atol=1e-6)
+    np.testing.assert_allclose(target[6:], [-0.01, 0.0, 0.3], atol=1e-6)
+
+
+def test_rotation_and_translation_errors():
+    a = torch.tensor([[1.0, 0, 0, 0, 1, 0, 0, 0, 0.3]])
+    angle = math.radians(30)
+    # rotated by 30 deg about z: first two columns of Rz(30); 5 mm further away
+    b = torch.tensor([[math.cos(angle), math.sin(angle), 0, -math.sin(angle), math.cos(angle), 0, 0, 0, 0.305]])
+    assert rotation_error_deg(a, b).item() == pytest.approx(30.0, abs=1e-3)
+    assert translation_error_mm(a, b).item() == pytest.approx(5.0, abs=1e-4)
+    r = six_d_to_matrix(torch.tensor([[2.0, 0, 0, 1, 3, 0]]))  # not orthonormal in: orthonormal out
+    torch.testing.assert_close(r[0] @ r[0].T, torch.eye(3), atol=1e-6, rtol=0)
+
+
+def test_step_runner_skips_finished_steps_and_redoes_missing_outputs(tmp_path):
+    calls = []
+
+    def step():
+        calls.append(1)
+        (tmp_path / "out.txt").write_text("x")
+        return {"value": len(calls)}
+
+    runner = StepRunner(tmp_path)
+    assert runner.run("a", step, ["out.txt"])["summary"] == {"value": 1}
+    assert StepRunner(tmp_path).run("a", step, ["out.txt"])["summary"] == {"value": 1}  # resumed: not rerun
+    assert len(calls) == 1
+    marker = json.loads((tmp_path / "steps" / "a.done.json").read_text())
+    assert marker["outputs"] == ["out.txt"] and marker["wall_s"] >= 0
+    (tmp_path / "out.txt").unlink()  # an output vanished: the step is not done any more
+    assert StepRunner(tmp_path).run("a", step, ["out.txt"])["summary"] == {"value": 2}
+    with pytest.raises(RuntimeError, match="did not write"):
+        StepRunner(tmp_path).run("b", lambda: {}, ["missing.txt"])
