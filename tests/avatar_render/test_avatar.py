@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,8 +188,8 @@ def test_not_an_avatar_file(tmp_path):
 
 
 def test_unknown_id_lists_what_is_available():
-    with pytest.raises(KeyError, match="demo-000, demo-001"):
-        load_avatar("demo-999")
+    with pytest.raises(KeyError, match="spelled 'demo-0999'"):
+        load_avatar("demo-999")  # one spelling per avatar: 3 digits for the kit's 16, 4 from 16 on
     with pytest.raises(FileNotFoundError, match="demo-000"):
         load_avatar("no-such-avatar")
 
@@ -205,3 +206,49 @@ def test_demo_avatars_are_distinct_and_deterministic():
     demo._build_demo_avatar.cache_clear()
     again = load_avatar("demo-000")
     assert torch.equal(again.local_means, a.local_means) and torch.equal(again.capture_codes, a.capture_codes)
+
+
+def test_generated_demo_avatars():
+    from avatar_render import demo
+
+    a, b = load_avatar("demo-0800"), load_avatar("demo-0801")
+    assert (a.name, b.name) == ("demo-0800", "demo-0801")
+    # face shape: a convex mix of kit meshes, and not the same mix
+    kit, _ = demo.load_kit()
+    for avatar, index in ((a, 800), (b, 801)):
+        weights = torch.from_numpy(demo.demo_shape_weights(index)).float()
+        assert abs(float(weights.sum()) - 1) < 1e-6 and int((weights > 0).sum()) in (2, 3)
+        expected = torch.einsum("k,kvc->vc", weights, kit["neutral_vertices"].float())
+        assert torch.allclose(avatar.neutral_vertices, expected, atol=1e-5)
+    assert float((a.neutral_vertices - b.neutral_vertices).norm(dim=-1).max()) > 0.002
+    look_a, look_b = demo.demo_look(800), demo.demo_look(801)
+    assert look_a != look_b
+    # their own capture tracks, and Gaussians placed differently
+    assert float((a.capture_codes - b.capture_codes).abs().max()) > 0.1
+    assert float((a.capture_poses - b.capture_poses).abs().max()) > 0.01
+    assert not torch.equal(a.local_means[:100], b.local_means[:100])
+    # deterministic: rebuilt from scratch, the same avatar
+    demo._build_demo_avatar.cache_clear()
+    again = load_avatar("demo-0801")
+    assert torch.equal(again.sh, b.sh) and torch.equal(again.capture_codes, b.capture_codes)
+    # any id up to 9999, one spelling each, and 802 ids for a paper-sized job
+    ids = demo.demo_ids(802)
+    assert ids[15] == "demo-015" and ids[16] == "demo-0016" and ids[-1] == "demo-0801" and len(set(ids)) == 802
+    assert demo.demo_index("demo-9999") == 9999
+    for bad in ("demo-0003", "demo-016", "demo-10000"):
+        with pytest.raises((KeyError, FileNotFoundError)):
+            load_avatar(bad)
+
+
+def test_generated_looks_vary():
+    from avatar_render import demo
+
+    looks = [demo.demo_look(i) for i in range(16, 416)]
+    assert len({look.skin for look in looks}) == 400  # continuous colours
+    assert {look.hair_style for look in looks} == set(demo.HAIR_STYLES)
+    skins = np.array([look.skin for look in looks])
+    assert skins[:, 0].min() < 0.45 and skins[:, 0].max() > 0.85  # light to dark
+    # the kit's 16 keep their historical looks
+    assert demo.demo_look(3) == demo.DemoLook(
+        skin=demo.SKIN_TONES[3], hair=demo.HAIR_COLOURS[10 % 7], eyes=demo.EYE_COLOURS[17 % 6], hair_style="medium"
+    )

@@ -5,7 +5,11 @@ Examples:
   avatar-render info demo-003                                   # sizes, rig, capture track, provenance
   avatar-render info my_head.avatar.safetensors
   avatar-render export-ply demo-003 --frame 120 --out x.ply      # posed Gaussians of capture frame 120, INRIA PLY
-  avatar-render list                                            # the built-in demo avatars
+  avatar-render list                                            # the kit's 16 demo avatars
+  avatar-render list --count 802 > ids.txt                      # 802 ids (demo-000 ... demo-015, demo-0016 ...)
+
+Demo ids: demo-000 ... demo-015 (the kit's identities) and demo-0016 ... demo-9999 (generated: face shape mixed
+from the kit's meshes, their own colours, hair and capture track); each builds in about a second.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     preview = sub.add_parser("preview", help="render a turntable contact sheet (RGB and normals) to PNG")
-    preview.add_argument("--avatar", required=True, help="demo id (demo-000 ... demo-015) or avatar file")
+    preview.add_argument(
+        "--avatar", required=True, help="demo id (demo-000 ... demo-015, demo-0016 ... demo-9999) or avatar file"
+    )
     preview.add_argument("--out", required=True, type=Path, help="output PNG path")
     preview.add_argument("--views", type=int, default=6, help="views around the head (default 6)")
     preview.add_argument("--size", type=int, default=256, help="pixels per view (default 256)")
@@ -42,7 +48,9 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--neutral", action="store_true", help="zero expression and identity pose instead")
     export.add_argument("--out", required=True, type=Path, help="output .ply path")
 
-    sub.add_parser("list", help="list the built-in demo avatars")
+    listing = sub.add_parser("list", help="list demo avatar ids with their looks (an ids file with --ids-only)")
+    listing.add_argument("--count", type=int, default=16, help="how many ids, from demo-000 (default 16, up to 10000)")
+    listing.add_argument("--ids-only", action="store_true", help="one id per line, nothing else")
 
     save = sub.add_parser("save", help="write an avatar (e.g. a demo) to an avatar file")
     save.add_argument("avatar", help="demo id or avatar file")
@@ -69,9 +77,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         from .demo import demo_ids, demo_look
 
-        for i, demo_id in enumerate(demo_ids()):
+        lines = []
+        for i, demo_id in enumerate(demo_ids(args.count)):
+            if args.ids_only:
+                lines.append(demo_id)
+                continue
             look = demo_look(i)
-            print(f"{demo_id}  hair {look.hair_style:<6}  skin {look.skin}  eyes {look.eyes}")
+            lines.append(f"{demo_id}  hair {look.hair_style:<6}  skin {look.skin}  eyes {look.eyes}")
+        print("\n".join(lines))
         return 0
 
     from .avatar_io import load_avatar

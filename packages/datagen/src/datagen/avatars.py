@@ -40,9 +40,8 @@ def read_avatar_ids(path: str | Path) -> list[str]:
 
 
 def available_avatars(avatar_dir: str | Path | None) -> list[str]:
-    from avatar_render.demo import demo_ids
-
-    found = list(demo_ids())
+    """A description of what ids name: the demo ranges, then the avatar files under `avatar_dir`."""
+    found = ["demo-000 ... demo-015", "demo-0016 ... demo-9999 (generated)"]
     if avatar_dir is not None and Path(avatar_dir).is_dir():
         found += sorted(p.name.removesuffix(AVATAR_SUFFIX) for p in Path(avatar_dir).glob(f"*{AVATAR_SUFFIX}"))
     return found
@@ -50,13 +49,17 @@ def available_avatars(avatar_dir: str | Path | None) -> list[str]:
 
 def resolve_avatar(avatar_id: str, avatar_dir: str | Path | None) -> str:
     """The spec `load_avatar` takes for this id: a file under `avatar_dir`, else a demo id."""
-    from avatar_render.demo import demo_ids
+    from avatar_render.demo import demo_index, is_demo_id
 
     if avatar_dir is not None:
         candidate = Path(avatar_dir) / f"{avatar_id}{AVATAR_SUFFIX}"
         if candidate.exists():
             return str(candidate)
-    if avatar_id in demo_ids():
+    if is_demo_id(avatar_id):
+        try:
+            demo_index(avatar_id)
+        except KeyError as err:
+            raise AvatarListError(err.args[0]) from None
         return avatar_id
     raise AvatarListError(
         f"unknown avatar id '{avatar_id}'; available: {', '.join(available_avatars(avatar_dir))}"

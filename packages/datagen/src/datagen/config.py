@@ -37,8 +37,31 @@ class ConfigError(ValueError):
 class VideoConfig:
     crf: int = 18  # H.264 constant rate factor of the RGB video (lower = better)
     normal_crf: int = 10  # normal maps feed the model as geometry: keep them near-lossless
-    preset: str = "medium"
+    preset: str = "medium"  # any x264 preset; every preset is deterministic at a fixed thread count
     pix_fmt: str = "yuv420p"
+    # x264 threads per video. Any fixed count gives the same bytes run after run, but a different count gives
+    # different (equally valid) bytes: 1 keeps files identical to every earlier release and across machines.
+    threads: int = 1
+    # Encode on two threads (RGB, normals) beside the render loop, through bounded queues; the files are
+    # byte-identical to serial encoding. false: encode in the render loop (for measurements).
+    overlap: bool = True
+    queue_frames: int = 8  # frames waiting per encoder at most (bounds memory)
+
+
+#: Settings that change how a job runs but not what it writes (or only the bytes, not the content): a resumed job
+#: may differ in these from the one that wrote the data. Everything else must match (datagen.resume).
+EXECUTION_FIELDS = (
+    "sequences",
+    "workers",
+    "ray_address",
+    "avatar_dir",
+    "torch_threads",
+    "gpus_per_task",
+    "backend",
+    "video.threads",
+    "video.overlap",
+    "video.queue_frames",
+)
 
 
 @dataclass
@@ -103,6 +126,8 @@ class RenderConfig:
         )
         need(0 <= self.video.crf <= 51, "video.crf", self.video.crf, "must be in [0, 51]")
         need(0 <= self.video.normal_crf <= 51, "video.normal_crf", self.video.normal_crf, "must be in [0, 51]")
+        need(1 <= self.video.threads <= 64, "video.threads", self.video.threads, "must be in [1, 64]")
+        need(self.video.queue_frames >= 1, "video.queue_frames", self.video.queue_frames, "must be >= 1")
 
     def trajectory_kind(self, index: int) -> str:
         if self.mode in CAPTURE_MODES:

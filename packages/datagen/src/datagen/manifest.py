@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from datagen.storage import Storage, open_storage
 from datagen.video import VideoError, probe_video
 
 __all__ = [
@@ -51,12 +53,17 @@ __all__ = [
     "completed_sequence_ids",
     "consolidate",
     "frame_timestamps",
+    "RECORD_KEY",
+    "part_keys",
+    "part_name",
     "part_path",
+    "read_part",
     "read_manifest",
     "read_rows",
     "rows_to_table",
     "table_to_rows",
     "validate_dataset",
+    "video_problems",
     "write_part",
 ]
 
@@ -565,6 +572,10 @@ def table_to_rows(table: pa.Table) -> list[ManifestRow]:
 
 # --- Files --------------------------------------------------------------------------------------
 
+#: Part files carry what their writer recorded (the job's settings, the plan key, each video's size, frame count
+#: and sha256) in this schema-metadata key; resume checks a part against it. The manifest never holds it.
+RECORD_KEY = "factorportrait.datagen.record"
+
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Calls write(tmp_path) for a hidden temporary file beside `path`, then renames it onto `path`."""
@@ -578,31 +589,84 @@ def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def part_name(sequence_id: str) -> str:
+    """manifest/parts/<sequence_id with '/' replaced by '__'>.parquet, relative to the root."""
+    return f"{PARTS_DIR}/{sequence_id.replace('/', '__')}.parquet"
+
+
 def part_path(root: str | os.PathLike[str], sequence_id: str) -> Path:
     """ROOT/manifest/parts/<sequence_id with '/' replaced by '__'>.parquet"""
-    return Path(root) / PARTS_DIR / f"{sequence_id.replace('/', '__')}.parquet"
+    return Path(root) / part_name(sequence_id)
 
 
-def write_part(root: str | os.PathLike[str], row: ManifestRow) -> Path:
-    """Validates `row` and writes it as its sequence's part file (atomically); returns the path."""
-    row.validate(source=f"write_part({root})")
+def write_part(
+    root: str | os.PathLike[str] | Storage, row: ManifestRow, record: dict[str, Any] | None = None
+) -> Path | str:
+    """Validates `row` and writes it as its sequence's part file (atomically); returns its path (or URI).
+
+    `record` (JSON-serialisable) is stored in the part's schema metadata under RECORD_KEY."""
+    store = open_storage(root)
+    row.validate(source=f"write_part({store})")
     table = rows_to_table([row])
-    return _write_atomic(part_path(root, row.sequence_id), lambda tmp: pq.write_table(table, tmp))
+    if record is not None:
+        metadata = {**(table.schema.metadata or {}), RECORD_KEY.encode(): json.dumps(record, sort_keys=True).encode()}
+        table = table.replace_schema_metadata(metadata)
+    if not store.remote:
+        return _write_atomic(part_path(store.local_root, row.sequence_id), lambda tmp: pq.write_table(table, tmp))
+    store.write_bytes(part_name(row.sequence_id), _parquet_bytes(table))
+    return store.url(part_name(row.sequence_id))
+
+
+def _is_part_name(name: str) -> bool:
+    # Temporary files are hidden (".name.xxx.tmp"); skip anything else that looks unfinished too.
+    return name.endswith(".parquet") and not name.startswith(".") and ".tmp" not in name
 
 
 def _part_files(root: str | os.PathLike[str]) -> list[Path]:
     parts = Path(root) / PARTS_DIR
     if not parts.is_dir():
         return []
-    # Temporary files are hidden (".name.xxx.tmp"); skip anything else that looks unfinished too.
-    return sorted(
-        p for p in parts.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".") and ".tmp" not in p.name
-    )
+    return sorted(p for p in parts.iterdir() if _is_part_name(p.name))
 
 
-def completed_sequence_ids(root: str | os.PathLike[str]) -> set[str]:
-    """Ids of the sequences that have a part file (the unit a resumed run skips)."""
-    return {p.name[: -len(".parquet")].replace("__", "/") for p in _part_files(root)}
+def part_keys(root: str | os.PathLike[str] | Storage) -> dict[str, str]:
+    """{sequence id: part key relative to the root} of every part file."""
+    store = open_storage(root)
+    if not store.remote:
+        return {p.name[: -len(".parquet")].replace("__", "/"): f"{PARTS_DIR}/{p.name}" for p in _part_files(store.uri)}
+    out = {}
+    for key in sorted(store.list_files(PARTS_DIR)):
+        name = key.rsplit("/", 1)[-1]
+        if _is_part_name(name):
+            out[name[: -len(".parquet")].replace("__", "/")] = key
+    return out
+
+
+def completed_sequence_ids(root: str | os.PathLike[str] | Storage) -> set[str]:
+    """Ids of the sequences that have a part file (the unit a resumed run checks and skips)."""
+    return set(part_keys(root))
+
+
+def read_part(root: str | os.PathLike[str] | Storage, key: str) -> tuple[pa.Table, dict[str, Any] | None]:
+    """A part file's table (as written) and its writer's record (None for parts written before records)."""
+    store = open_storage(root)
+    try:
+        with store.open_input_file(key) as handle:
+            table = pq.read_table(handle)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ManifestError(f"cannot read manifest part {store.url(key)}: {e}") from e
+    raw = (table.schema.metadata or {}).get(RECORD_KEY.encode())
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        record = None  # an unreadable record proves nothing: treated like a part without one
+    return table, record
 
 
 def _table_version(table: pa.Table, source: str) -> str:
@@ -686,29 +750,64 @@ def _read_parquet(path: Path) -> pa.Table:
         raise ManifestError(f"cannot read manifest file {path}: {e}") from e
 
 
-def _read_parts(root: str | os.PathLike[str]) -> pa.Table | None:
-    files = _part_files(root)
-    if not files:
-        return None
-    tables = [_normalise(_read_parquet(p), str(p)) for p in files]
-    return pa.concat_tables(tables, promote_options="default")
+def _read_parts_with_records(root: str | os.PathLike[str] | Storage) -> tuple[pa.Table | None, list[dict | None]]:
+    store = open_storage(root)
+    keys = part_keys(store)
+    if not keys:
+        return None, []
+    tables, records = [], []
+    for key in keys.values():
+        table, record = read_part(store, key)
+        tables.append(_normalise(table, store.url(key)))
+        records.append(record)
+    return pa.concat_tables(tables, promote_options="default"), records
 
 
-def consolidate(root: str | os.PathLike[str], extra_info: dict[str, Any] | None = None) -> Path:
+def _read_parts(root: str | os.PathLike[str] | Storage) -> pa.Table | None:
+    return _read_parts_with_records(root)[0]
+
+
+def _describe_records(records: list[dict | None], modes: list[str]) -> dict[str, Any]:
+    """info.json's account of the settings behind the rows: one entry per distinct job config."""
+    groups: dict[str, dict[str, Any]] = {}
+    legacy = 0
+    for record, mode in zip(records, modes, strict=True):
+        config = (record or {}).get("config")
+        if config is None:
+            legacy += 1
+            continue
+        key = json.dumps(config, sort_keys=True)
+        entry = groups.setdefault(key, {"config": config, "num_rows": 0, "modes": set()})
+        entry["num_rows"] += 1
+        entry["modes"].add(mode)
+    described = [{**g, "modes": sorted(g["modes"])} for g in groups.values()]
+    out: dict[str, Any] = {"render_configs": described}
+    if len(described) == 1 and not legacy:
+        out["render_config"] = described[0]["config"]  # every row was rendered with these settings
+    if legacy:
+        out["rows_without_render_record"] = legacy
+    return out
+
+
+def consolidate(root: str | os.PathLike[str] | Storage, extra_info: dict[str, Any] | None = None) -> Path | str:
     """Merges all parts into ROOT/manifest/manifest.parquet (sorted by sequence_id) and writes info.json.
 
-    info.json holds the schema version, row and frame counts per dataset and in total, plus the
-    keys of `extra_info` (which may not replace those). Returns the manifest path.
+    info.json holds the schema version, row and frame counts per dataset and in total, the identities and
+    the render settings the rows were made with (from the parts' records), plus the keys of `extra_info`
+    (which may not replace those). Each file is written once, as a new file (object) moved onto its final
+    name. Returns the manifest's path (or URI).
     """
-    root = Path(root)
-    table = _read_parts(root)
+    store = open_storage(root)
+    table, records = _read_parts_with_records(store)
     if table is None:
-        raise ManifestError(f"consolidate({root}): no part files under {root / PARTS_DIR}")
-    table = table.sort_by("sequence_id")
+        raise ManifestError(f"consolidate({store}): no part files under {store.url(PARTS_DIR)}")
+    order = pc.sort_indices(table, sort_keys=[("sequence_id", "ascending")]).to_pylist()
+    table = table.take(order)
+    records = [records[i] for i in order]
     ids = table.column("sequence_id").to_pylist()
     duplicates = sorted(k for k, n in Counter(ids).items() if n > 1)
     if duplicates:
-        raise ManifestError(f"consolidate({root}): duplicate sequence ids {duplicates[:10]}")
+        raise ManifestError(f"consolidate({store}): duplicate sequence ids {duplicates[:10]}")
 
     num_frames = table.column("num_frames").to_pylist()
     datasets: dict[str, dict[str, int]] = {}
@@ -723,25 +822,40 @@ def consolidate(root: str | os.PathLike[str], extra_info: dict[str, Any] | None 
         "datasets": dict(sorted(datasets.items())),
         "manifest": "manifest.parquet",
     }
+    if any(r is not None for r in records):
+        info["avatars"] = sorted(set(table.column("identity").to_pylist()))
+        info.update(_describe_records(records, table.column("mode").to_pylist()))
     clash = sorted(set(extra_info or {}) & set(info))
     if clash:
-        raise ValueError(f"consolidate({root}): extra_info may not replace the computed keys {clash}")
+        raise ValueError(f"consolidate({store}): extra_info may not replace the computed keys {clash}")
     info.update(extra_info or {})
+    info_text = json.dumps(info, indent=2, sort_keys=False) + "\n"
 
-    manifest = _write_atomic(root / MANIFEST_NAME, lambda tmp: pq.write_table(table, tmp))
-    _write_atomic(
-        root / INFO_NAME, lambda tmp: tmp.write_text(json.dumps(info, indent=2, sort_keys=False) + "\n", "utf-8")
-    )
-    return manifest
+    if not store.remote:
+        manifest = _write_atomic(store.local(MANIFEST_NAME), lambda tmp: pq.write_table(table, tmp))
+        _write_atomic(store.local(INFO_NAME), lambda tmp: tmp.write_text(info_text, "utf-8"))
+        return manifest
+    store.write_bytes(MANIFEST_NAME, _parquet_bytes(table), via_temporary=True)
+    store.write_bytes(INFO_NAME, info_text.encode(), via_temporary=True)
+    return store.url(MANIFEST_NAME)
 
 
-def read_manifest(root: str | os.PathLike[str]) -> pa.Table:
+def read_manifest(root: str | os.PathLike[str] | Storage) -> pa.Table:
     """The manifest of a dataset root (manifest.parquet, else its parts) or of a .parquet file.
 
     Raises ManifestError when there is none, when its schema version is missing or of another
-    major version, or when required columns are missing.
+    major version, or when required columns are missing. `root` may be an s3:// or gs:// URI.
     """
-    root = Path(root)
+    store = open_storage(root)
+    if store.remote:
+        if store.size(MANIFEST_NAME) is not None:
+            with store.open_input_file(MANIFEST_NAME) as handle:
+                return _normalise(pq.read_table(handle), store.url(MANIFEST_NAME))
+        table = _read_parts(store)
+        if table is None:
+            raise ManifestError(f"no manifest under {store}: neither {MANIFEST_NAME} nor part files in {PARTS_DIR}/")
+        return table.sort_by("sequence_id")
+    root = Path(store.uri)
     if root.is_file():
         return _normalise(_read_parquet(root), str(root))
     manifest = root / MANIFEST_NAME
@@ -753,7 +867,7 @@ def read_manifest(root: str | os.PathLike[str]) -> pa.Table:
     return table.sort_by("sequence_id")
 
 
-def read_rows(root: str | os.PathLike[str]) -> list[ManifestRow]:
+def read_rows(root: str | os.PathLike[str] | Storage) -> list[ManifestRow]:
     """read_manifest as ManifestRow objects."""
     return table_to_rows(read_manifest(root))
 
@@ -781,17 +895,18 @@ class ValidationReport:
         return head + f"{len(self.errors)} problems:\n{lines}"
 
 
-def validate_dataset(root: str | os.PathLike[str], decode: bool = True) -> ValidationReport:
+def validate_dataset(root: str | os.PathLike[str] | Storage, decode: bool = True) -> ValidationReport:
     """Checks every row of ROOT's manifest against the schema and its videos.
 
     Videos must exist, hold exactly num_frames frames of width x height at the row's fps.
     decode=True decodes every frame (catches truncated or corrupt data); decode=False only
-    counts packets, which is much faster.
+    counts packets, which is much faster. On object storage each video is downloaded to a
+    temporary file, checked and deleted.
     """
-    root = Path(root)
-    report = ValidationReport(root=str(root))
+    store = open_storage(root)
+    report = ValidationReport(root=str(store))
     try:
-        rows = read_rows(root)
+        rows = read_rows(store)
     except ManifestError as e:
         report.errors.append(f"<manifest>: {e}")
         return report
@@ -808,14 +923,28 @@ def validate_dataset(root: str | os.PathLike[str], decode: bool = True) -> Valid
             relative = getattr(row, name)
             if relative is None or _path_problems(name, relative, required=True):
                 continue  # absent by design, or already reported
-            report.errors += [f"{row.sequence_id}: {p}" for p in _video_problems(root, name, relative, row, decode)]
+            report.errors += [f"{row.sequence_id}: {p}" for p in _video_problems(store, name, relative, row, decode)]
     return report
 
 
-def _video_problems(root: Path, name: str, relative: str, row: ManifestRow, decode: bool) -> list[str]:
-    path = root / relative
+def _video_problems(store: Storage, name: str, relative: str, row: ManifestRow, decode: bool) -> list[str]:
+    if store.remote:
+        import tempfile
+
+        if store.size(relative) is None:
+            return [f"{name}: video {relative!r} does not exist under {store}"]
+        with tempfile.TemporaryDirectory(prefix="datagen-validate-") as tmp:
+            local = store.download(relative, Path(tmp) / PurePosixPath(relative).name)
+            return video_problems(local, name, relative, row, decode, where=str(store))
+    return video_problems(store.local(relative), name, relative, row, decode, where=str(store))
+
+
+def video_problems(
+    path: Path, name: str, relative: str, row: ManifestRow, decode: bool, where: str = ""
+) -> list[str]:
+    """What is wrong with the local video `path` as `row`'s `name` video (empty: nothing)."""
     if not path.is_file():
-        return [f"{name}: video {relative!r} does not exist under {root}"]
+        return [f"{name}: video {relative!r} does not exist under {where or path.parent}"]
     try:
         info = probe_video(path, decode=decode)
     except (VideoError, OSError) as e:

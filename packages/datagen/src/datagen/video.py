@@ -16,6 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +30,15 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
-__all__ = ["VideoError", "VideoInfo", "VideoWriter", "probe_video", "read_video", "write_video"]
+__all__ = [
+    "ThreadedVideoWriter",
+    "VideoError",
+    "VideoInfo",
+    "VideoWriter",
+    "probe_video",
+    "read_video",
+    "write_video",
+]
 
 # H.264 / ISO colour tags (ITU-T H.273): 1 = BT.709 for primaries, transfer and matrix.
 _BT709 = 1
@@ -237,6 +248,90 @@ class VideoWriter:
         # A writer dropped without close() must not leave its temporary file behind.
         if not getattr(self, "_closed", True):
             self._abort()
+
+
+class ThreadedVideoWriter:
+    """A VideoWriter fed through a bounded queue and encoded on its own thread.
+
+    The caller (the render loop) hands over frames and goes on rendering while x264 encodes; libav releases
+    the GIL while it converts and encodes, so encoding really runs beside PyTorch. At most `depth` frames
+    wait (memory stays bounded and a slow encoder slows the renderer rather than filling RAM). The encoder
+    sees the same frames in the same order as a serial writer, so the file is byte-identical to it.
+    An encoder error is raised by the next `write` or by `close`; `abort` discards everything.
+    """
+
+    _STOP = object()
+
+    def __init__(self, writer: VideoWriter, depth: int = 8) -> None:
+        if depth < 1:
+            raise ValueError(f"queue depth must be >= 1, got {depth}")
+        self.writer = writer
+        self.path = writer.path
+        self.encode_s = 0.0  # time spent converting and encoding, on the encoder thread
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._discard = False
+        self._thread = threading.Thread(target=self._work, name=f"encode-{writer.path.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def num_frames(self) -> int:
+        return self.writer.num_frames
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                break
+            if self._error is not None or self._discard:
+                continue  # keep draining so that the producer never blocks on a dead encoder
+            tick = time.perf_counter()
+            try:
+                self.writer.write(item)
+            except BaseException as e:  # noqa: BLE001 - handed to the producer thread
+                self._error = e
+            self.encode_s += time.perf_counter() - tick
+        if self._error is None and not self._discard:
+            tick = time.perf_counter()
+            try:
+                self.writer.close()  # flushes x264's delayed frames here, beside the other writer's flush
+            except BaseException as e:  # noqa: BLE001
+                self._error = e
+            self.encode_s += time.perf_counter() - tick
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queues one [H, W, 3] uint8 frame (blocks while `depth` frames wait); the array must not change after."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(frame)
+
+    def close(self) -> Path:
+        """Waits for the encoder to finish and rename the file; raises its error if it had one."""
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+        if self._error is not None:
+            self.writer.abort()
+            raise self._error
+        return self.writer.close()  # already closed by the thread: returns the path
+
+    def abort(self) -> None:
+        self._discard = True
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+        self.writer.abort()
+
+    def __enter__(self) -> ThreadedVideoWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_video(
