@@ -287,3 +287,86 @@ def test_other_invalid_cameras_raise():
     scaled[0, :3, :3] *= 2.0
     with pytest.raises(ValueError, match="c2w of frame 0 is not a rigid transform"):
         plucker_rays(K, scaled, 8, 8)
+
+
+# --- reference-relative cameras (CONVENTIONS 6: c2w_i' = w2c_ref c2w_i) -------------------------------------
+
+
+def _hand_plucker(K: np.ndarray, rot: np.ndarray, t: np.ndarray, H: int, W: int) -> np.ndarray:  # [6, H, W]
+    """Plücker map [t x d, d] of one camera, pixel by pixel in numpy."""
+    jj, ii = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    d_c = np.stack([(jj - K[0, 2]) / K[0, 0], (ii - K[1, 2]) / K[1, 1], np.ones_like(jj)], -1)
+    d = (d_c / np.linalg.norm(d_c, axis=-1, keepdims=True)) @ rot.T  # [H, W, 3]
+    return np.concatenate([np.cross(t, d), d], -1).transpose(2, 0, 1)
+
+
+def test_static_novel_view_rays_are_the_rotated_camera_relative_to_the_reference():
+    from factorportrait.conditions import camera_features
+    from factorportrait.inference.camera_paths import DEFAULT_DISTANCE, make_camera_path, reference_c2w
+
+    H = W = 16
+    K = np.array([[20.0, 0, W / 2], [0, 20.0, H / 2], [0, 0, 1]])
+    c2w, _ = make_camera_path("static", 5, view_yaw_deg=35.0)
+    features, reference_rays = camera_features(
+        torch.from_numpy(K).expand(5, 3, 3),
+        torch.from_numpy(c2w),
+        H,
+        W,
+        reference_c2w=torch.from_numpy(reference_c2w()),
+        reference_K=torch.from_numpy(K),
+    )
+    # By hand: the reference camera looks at the head centre from DEFAULT_DISTANCE, which sits at (0, 0, d) in its
+    # OpenCV frame; the world yaw of +35 deg about +Y is, in that frame (y down, z forward), a rotation about the
+    # camera's y axis by -35 deg around the head centre: R = Ry(-35), t = p - R p with p = (0, 0, d).
+    a, d = math.radians(35.0), DEFAULT_DISTANCE
+    rot = np.array([[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]])
+    t = np.array([0, 0, d]) - rot @ np.array([0, 0, d])
+    assert t[0] > 0  # moved toward +x (the subject's left is the camera's right for the frontal camera)
+    hand = torch.from_numpy(np.repeat(_hand_plucker(K, rot, t, H, W)[None], 5, 0))  # [5, 6, H, W]
+    expected = rays_to_latent(hand).permute(1, 0, 2, 3)
+    _assert_close(features, expected, atol=1e-9)
+    # The reference frame keeps the identity camera's rays: a static novel view differs from the frontal one.
+    _assert_close(
+        reference_rays,
+        rays_to_latent(torch.from_numpy(_hand_plucker(K, np.eye(3), np.zeros(3), H, W))[None]).permute(1, 0, 2, 3),
+        atol=1e-9,
+    )
+    assert (features[:, :1] - reference_rays).abs().max() > 0.1
+
+
+def test_frontal_static_path_gives_identity_rays_and_maps_ignore_a_global_rigid_transform():
+    from factorportrait.conditions import camera_features
+    from factorportrait.inference.camera_paths import make_camera_path, reference_c2w
+
+    H = W = 16
+    K = torch.tensor([[18.0, 0, 8.0], [0, 19.0, 7.5], [0, 0, 1]], dtype=torch.float64)
+    frontal, _ = make_camera_path("static", 5)
+    ref = torch.from_numpy(reference_c2w())
+    features, reference_rays = camera_features(K, torch.from_numpy(frontal), H, W, reference_c2w=ref, reference_K=K)
+    identity = torch.from_numpy(_hand_plucker(K.numpy(), np.eye(3), np.zeros(3), H, W))
+    _assert_close(features, rays_to_latent(identity[None].expand(5, -1, -1, -1)).permute(1, 0, 2, 3), atol=1e-12)
+    _assert_close(reference_rays, rays_to_latent(identity[None]).permute(1, 0, 2, 3), atol=1e-12)
+
+    # One rigid transform G on every camera, the reference included: nothing changes.
+    rng = np.random.default_rng(5)
+    spin, _ = make_camera_path("spin", 9, view_yaw_deg=-20.0)
+    G = _c2w(_random_rotation(rng), rng.normal(size=3))
+    before = camera_features(K, torch.from_numpy(spin), H, W, reference_c2w=ref, reference_K=K)
+    after = camera_features(K, G[None] @ torch.from_numpy(spin), H, W, reference_c2w=G @ ref, reference_K=K)
+    for x, y in zip(before, after, strict=True):
+        _assert_close(y, x, atol=1e-9)
+    # ... while moving only the reference does change them.
+    moved = camera_features(K, torch.from_numpy(spin), H, W, reference_c2w=G @ ref, reference_K=K)
+    assert (moved[0] - before[0]).abs().max() > 1e-2
+
+
+def test_relative_to_reference_matches_a_general_inverse():
+    from factorportrait.cameras import relative_to_reference
+
+    rng = np.random.default_rng(2)
+    c2w = _random_c2w(rng, 4)
+    ref = _random_c2w(rng, 1)[0]
+    _assert_close(relative_to_reference(c2w, ref), torch.linalg.inv(ref)[None] @ c2w, atol=1e-12)
+    assert torch.equal(relative_to_reference(c2w, c2w[2])[2], torch.eye(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="reference_c2w of frame 0 is not a rigid"):
+        relative_to_reference(c2w, 2 * ref)

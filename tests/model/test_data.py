@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factorportrait.conditions import camera_features
 from factorportrait.data import (
     ClipDataset,
     ClipDatasetConfig,
@@ -222,17 +221,49 @@ def test_resize_crop_moves_image_and_intrinsics_together(tiny_dataset):
     assert np.all(np.abs(np.mean(offsets, axis=0)) < 4.0), np.mean(offsets, axis=0)
 
 
-def test_ray_features_are_camera_features_of_the_adjusted_cameras(tiny_dataset):
-    dataset = ClipDataset(read_manifest_rows(tiny_dataset), _config(frames=9, height=32, width=48))
-    item = dataset[3]
-    source, start = dataset.clips[3]
-    K = source.K[start : start + 9].astype(np.float64)
-    K[:, :2] *= 0.75
-    K[:, 1, 2] -= 8
-    c2w = torch.linalg.inv(torch.from_numpy(source.viewmat[start : start + 9]).double()).float()
-    rays, reference_rays = camera_features(torch.from_numpy(K).float(), c2w, 32, 48)
-    torch.testing.assert_close(item["ray_features"], rays, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(item["reference_rays"], reference_rays, atol=1e-5, rtol=1e-5)
+def _plucker_by_hand(K: np.ndarray, c2w: np.ndarray, H: int, W: int) -> np.ndarray:  # [6, H, W]
+    jj, ii = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    d_c = np.stack([(jj - K[0, 2]) / K[0, 0], (ii - K[1, 2]) / K[1, 1], np.ones_like(jj)], -1)
+    d = (d_c / np.linalg.norm(d_c, axis=-1, keepdims=True)) @ c2w[:3, :3].T
+    return np.concatenate([np.cross(c2w[:3, 3], d), d], -1).transpose(2, 0, 1)
+
+
+def test_rays_are_relative_to_the_reference_frames_own_camera(tiny_dataset):
+    """64x64 rows at 32 (H) x 48 (W): K scaled by 0.75, cy shifted by 8; reference from another sequence."""
+    rows = read_manifest_rows(tiny_dataset)
+    dataset = ClipDataset(rows, _config(frames=9, height=32, width=48, reference="other_sequence"))
+    index = 3
+    item = dataset[index]
+    source, start = dataset.clips[index]
+    ref_source, ref_frame = dataset.reference_for(index)
+    assert ref_source.sequence_id != source.sequence_id and item["reference_sequence_id"] == ref_source.sequence_id
+
+    def adjusted(K: np.ndarray) -> np.ndarray:
+        K = K.astype(np.float64).copy()
+        K[..., :2, :] *= 0.75
+        K[..., 1, 2] -= 8
+        return K
+
+    # First generated frame: the Plücker map of w2c_ref c2w_0, everything by hand (general inverses, float64).
+    c2w_0 = np.linalg.inv(source.viewmat[start].astype(np.float64))
+    w2c_ref = ref_source.viewmat[ref_frame].astype(np.float64)
+    relative = w2c_ref @ c2w_0
+    angle = np.degrees(np.arccos(np.clip((np.trace(relative[:3, :3]) - 1) / 2, -1, 1)))
+    assert angle > 5.0  # the two cameras differ: the identity would be wrong here
+    expected = _plucker_by_hand(adjusted(source.K[start]), relative, 32, 48)
+    rays_0 = F.pixel_shuffle(item["ray_features"][:384, 0][None], 8)[0]  # frame 0 of latent frame 0, [6, 32, 48]
+    np.testing.assert_allclose(rays_0.numpy(), expected, atol=2e-5)
+    # A later frame too (frame 5 = latent frame 2, position 0), and the reference frame's identity rays.
+    c2w_5 = np.linalg.inv(source.viewmat[start + 5].astype(np.float64))
+    rays_5 = F.pixel_shuffle(item["ray_features"][:384, 2][None], 8)[0]
+    np.testing.assert_allclose(
+        rays_5.numpy(), _plucker_by_hand(adjusted(source.K[start + 5]), w2c_ref @ c2w_5, 32, 48), atol=2e-5
+    )
+    reference = F.pixel_shuffle(item["reference_rays"][:384, 0][None], 8)[0]
+    np.testing.assert_allclose(
+        reference.numpy(), _plucker_by_hand(adjusted(ref_source.K[ref_frame]), np.eye(4), 32, 48), atol=1e-6
+    )
+    np.testing.assert_allclose(item["reference_c2w"].numpy(), np.linalg.inv(w2c_ref), atol=1e-6)
 
 
 def test_reference_frames(tiny_dataset):
@@ -438,3 +469,148 @@ def test_mixture_over_the_tiny_dataset(tiny_dataset):
     sampler = MixtureSampler(group_by_dataset(dataset), {"ViewSweep": 0.5, "DynamicSweep": 0.5})
     datasets = Counter(dataset.clips[i].source.dataset for i in _take(sampler, 400))
     assert set(datasets) == {"ViewSweep", "DynamicSweep"} and min(datasets.values()) > 140
+
+
+# ---------------------------------------------------------------------------------------------- schema 1.1
+_V11 = ("world_frame", "num_landmarks", "landmark_layout", "landmarks", "landmark_visible")
+
+
+def _set_column(table: pa.Table, name: str, values: list, type_: pa.DataType) -> pa.Table:
+    index = table.column_names.index(name)
+    return table.set_column(index, pa.field(name, type_), pa.array(values, type_))
+
+
+def test_schema_1_0_manifests_still_load(tiny_dataset, tmp_path):
+    def to_1_0(table: pa.Table, source: str) -> pa.Table:
+        table = _with_version(table.drop_columns(list(_V11)), "1.0")
+        return _set_column(table, "source", [source] * table.num_rows, pa.string())
+
+    _rewrite(tiny_dataset, tmp_path / "synthetic", lambda t: to_1_0(t, "synthetic"))
+    rows = read_manifest_rows(tmp_path / "synthetic")
+    assert [r.sequence_id for r in rows] == SEQUENCES
+    # 1.0 synthetic rows: one world frame per identity (datagen always rendered an avatar in its canonical frame)
+    assert all(r.world_frame == r.identity and r.landmarks is None and r.num_landmarks == 0 for r in rows)
+    _rewrite(tiny_dataset, tmp_path / "phone", lambda t: to_1_0(t, "phone"))
+    phone = read_manifest_rows(tmp_path / "phone")
+    assert all(r.world_frame is None for r in phone)
+    # No shared world frame: "other_sequence" falls back to the same sequence.
+    dataset = ClipDataset(phone, _config(reference="other_sequence"))
+    assert all(dataset.reference_for(i)[0] is dataset.clips[i].source for i in range(len(dataset)))
+
+
+def test_schema_1_1_landmarks_and_world_frames_are_read(tiny_dataset, tmp_path):
+    rows = read_manifest_rows(tiny_dataset)
+    table = pq.read_table(tiny_dataset / "manifest" / "manifest.parquet")
+    for i, row in enumerate(rows):
+        plain = table.slice(i, 1).to_pylist()[0]
+        assert row.world_frame == plain["world_frame"] == row.identity
+        assert (row.landmark_layout, row.num_landmarks) == ("ibug68", 68)
+        assert row.landmarks.shape == (17, 68, 2) and row.landmark_visible.shape == (17, 68)
+        flat = np.asarray(plain["landmarks"], np.float32)  # [T, 2K] = (u0, v0, u1, v1, ...)
+        np.testing.assert_array_equal(row.landmarks[:, 5], flat[:, 10:12])
+        np.testing.assert_array_equal(row.landmark_visible, np.asarray(plain["landmark_visible"], bool))
+    # Separate world frames inside one identity: references only come from rows of the same world frame.
+    by_id = {r.sequence_id: r for r in rows}
+    frames = [f"{seq.split('/')[0]}/{'a' if 'dynamic' in seq else 'b'}" for seq in SEQUENCES]
+    _rewrite(tiny_dataset, tmp_path / "split", lambda t: _set_column(t, "world_frame", frames, pa.string()))
+    split = ClipDataset(read_manifest_rows(tmp_path / "split"), _config())
+    for index, (source, _) in enumerate(split.clips):
+        ref, _ = split.reference_for(index)
+        assert ref.world_frame == source.world_frame
+        assert (ref is source) == ("viewsweep" in source.sequence_id)  # alone in its world frame
+    _rewrite(tiny_dataset, tmp_path / "null", lambda t: _set_column(t, "world_frame", [None] * 6, pa.string()))
+    alone = ClipDataset(read_manifest_rows(tmp_path / "null"), _config())
+    assert all(alone.reference_for(i)[0] is alone.clips[i].source for i in range(len(alone)))
+    assert by_id  # the unsplit rows above all shared one world frame per identity
+
+
+def _draw_dots(points: np.ndarray, size: int) -> np.ndarray:  # [T, K, 2] -> uint8 [T, size, size, 3]
+    """White 4x4 squares centred on integer (u, v) points on black: each dot's centroid is exactly (u, v)."""
+    frames = np.zeros((points.shape[0], size, size, 3), np.uint8)
+    for t, frame in enumerate(points):
+        for u, v in frame.astype(int):
+            frames[t, v - 2 : v + 2, u - 2 : u + 2] = 255
+    return frames
+
+
+def test_landmarks_are_cropped_and_resized_like_the_frames(tiny_dataset, tmp_path):
+    """A landmark drawn onto the 64x64 frames lands on the same spot of the 32 (H) x 48 (W) training frames."""
+    from datagen.video import write_video
+
+    root = tmp_path / "dots"
+    shutil.copytree(tiny_dataset, root)
+    rows = read_manifest_rows(root)
+    T, K = 17, 68
+    rng = np.random.default_rng(0)
+    points = rng.integers(8, 56, size=(T, K, 2)).astype(np.float32)  # points 3.. are not drawn
+    t = np.arange(T)
+    # Points 0..2 move a pixel per frame and stay > 10 px apart, inside the crop (rows 11 ..< 53 of the 64 px frame).
+    points[:, 0] = np.stack([12 + t, np.full(T, 20)], -1)
+    points[:, 1] = np.stack([np.full(T, 46), 22 + t], -1)
+    points[:, 2] = np.stack([30 - t // 2, np.full(T, 44)], -1)
+    visible = rng.random((T, K)) > 0.3
+    write_video(_draw_dots(points[:, :3], 64), rows[0].rgb_path, fps=25.0, crf=0)
+
+    def edit(table: pa.Table) -> pa.Table:
+        flat = [points.reshape(T, 2 * K).tolist()] + table.column("landmarks").to_pylist()[1:]
+        flags = [visible.tolist()] + table.column("landmark_visible").to_pylist()[1:]
+        table = _set_column(table, "landmarks", flat, pa.list_(pa.list_(pa.float32())))
+        return _set_column(table, "landmark_visible", flags, pa.list_(pa.list_(pa.bool_())))
+
+    (root / "manifest" / "manifest.parquet").unlink()
+    shutil.rmtree(root / "manifest" / "parts")
+    shutil.move(str(_rewrite(tiny_dataset, tmp_path / "m", edit)), root / "manifest" / "manifest.parquet")
+    dataset = ClipDataset(read_manifest_rows(root), _config(height=32, width=48, landmarks=True))
+    assert dataset.landmark_layout == ("ibug68", 68)
+    index = next(i for i, c in enumerate(dataset.clips) if c.source.sequence_id == SEQUENCES[0] and c.start == 4)
+    item = dataset[index]
+    assert item["landmarks"].shape == (5, 68, 2) and item["landmark_visible"].dtype == torch.bool
+    np.testing.assert_array_equal(item["landmark_visible"].numpy(), visible[4:9])
+    brightness = (item["video"].mean(0) + 1) / 2  # [5, 32, 48] in [0, 1]
+    for t in range(5):
+        for k in range(3):
+            u, v = item["landmarks"][t, k].tolist()
+            # by hand: scale 0.75 (64 -> 48), crop 8 rows off the top
+            assert (u, v) == pytest.approx((0.75 * points[4 + t, k, 0], 0.75 * points[4 + t, k, 1] - 8), abs=1e-5)
+            window = brightness[t, int(v) - 3 : int(v) + 4, int(u) - 3 : int(u) + 4]
+            ys, xs = torch.meshgrid(
+                torch.arange(int(v) - 3, int(v) + 4), torch.arange(int(u) - 3, int(u) + 4), indexing="ij"
+            )
+            weight = window / window.sum()
+            centroid = (float((weight * (xs + 0.5)).sum()), float((weight * (ys + 0.5)).sum()))
+            assert centroid == pytest.approx((u, v), abs=0.2), (t, k)
+
+
+def test_landmark_training_needs_one_layout(tiny_dataset, tmp_path):
+    def relabel(table: pa.Table) -> pa.Table:
+        return _set_column(table, "landmark_layout", ["ibug68"] * 5 + ["other"], pa.string())
+
+    _rewrite(tiny_dataset, tmp_path / "mixed", relabel)
+    with pytest.raises(ValueError, match="different landmark layouts.*'ibug68' with 68 points.*'other' with 68"):
+        ClipDataset(read_manifest_rows(tmp_path / "mixed"), _config(landmarks=True))
+
+    def drop_one(table: pa.Table) -> pa.Table:
+        table = _set_column(table, "num_landmarks", [0] + [68] * 5, pa.int32())
+        for name, type_ in (("landmark_layout", pa.string()), ("landmarks", pa.list_(pa.list_(pa.float32())))):
+            table = _set_column(table, name, [None] + table.column(name).to_pylist()[1:], type_)
+        return table
+
+    _rewrite(tiny_dataset, tmp_path / "some", drop_one)
+    dataset = ClipDataset(read_manifest_rows(tmp_path / "some"), _config(landmarks=True))
+    assert dataset.without_landmarks == [SEQUENCES[0]] and {c.source.sequence_id for c in dataset.clips} == set(
+        SEQUENCES[1:]
+    )
+
+
+def test_a_row_without_normal_video_gets_black_no_surface_normals(tiny_dataset, tmp_path):
+    def no_normals(table: pa.Table) -> pa.Table:
+        return _set_column(table, "normal_path", [None] * table.num_rows, pa.string())
+
+    _rewrite(tiny_dataset, tmp_path, no_normals)
+    for path in (tiny_dataset / "videos").rglob("*"):
+        if path.is_file() and "_normal" not in path.name:
+            (tmp_path / path.relative_to(tiny_dataset)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, tmp_path / path.relative_to(tiny_dataset))
+    item = ClipDataset(read_manifest_rows(tmp_path), _config())[0]
+    # black = (0, 0, 0) in the video encoding = -1 after normalisation, the background of a rendered normal map
+    assert torch.equal(item["normals"], torch.full((3, 5, 32, 32), -1.0))

@@ -30,28 +30,30 @@ def assets(tmp_path_factory):
 
 
 def _run(assets, out, *extra):
-    return main(
-        [
-            "--model",
-            str(assets / "model"),
-            "--image",
-            str(assets / "portrait.png"),
-            "--driving",
-            str(assets / "driving.npz"),
-            "--frames",
-            "5",
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--steps",
-            "2",
-            "--out",
-            str(out),
-            "--quiet",
-            *extra,
-        ]
-    )
+    return main(_args(assets, out, *extra))
+
+
+def _args(assets, out, *extra):
+    return [
+        "--model",
+        str(assets / "model"),
+        "--image",
+        str(assets / "portrait.png"),
+        "--driving",
+        str(assets / "driving.npz"),
+        "--frames",
+        "5",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _frames(path):
@@ -147,3 +149,106 @@ def test_driving_video_needs_and_uses_an_expression_encoder(assets, tmp_path, ca
     assert main([*args, "--expression-encoder", str(tmp_path / "encoder.pt")]) == 0
     sidecar = json.loads((tmp_path / "o.json").read_text())
     assert sidecar["driving"]["kind"] == "video" and len(sidecar["expression"]) == 5
+
+
+# ---------------------------------------------------------------------------------------------- conditions (issue 9)
+def _camera_from_rays(rays: np.ndarray, K: np.ndarray) -> np.ndarray:  # [6, H, W] -> relative c2w [4, 4]
+    """Invert a Plücker map: R by Procrustes on the pixel directions, the centre o by least squares on m = o x d."""
+    _, H, W = rays.shape
+    jj, ii = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    d_c = np.stack([(jj - K[0, 2]) / K[0, 0], (ii - K[1, 2]) / K[1, 1], np.ones_like(jj)], -1).reshape(-1, 3)
+    d_c /= np.linalg.norm(d_c, axis=-1, keepdims=True)
+    m, d = rays[:3].reshape(3, -1).T, rays[3:].reshape(3, -1).T
+    u, _, vt = np.linalg.svd(d.T @ d_c)
+    rot = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
+    A = np.stack([np.cross(np.eye(3)[k], d) for k in range(3)], -1)  # [N, 3, 3]: o x d = A o, column k = e_k x d
+    o = np.linalg.lstsq(A.reshape(-1, 3), m.reshape(-1), rcond=None)[0]
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = rot, o
+    return out
+
+
+@pytest.mark.parametrize("camera", ["static-35", "file-with-reference"])
+def test_normal_maps_are_rendered_from_the_cameras_the_rays_describe(assets, tmp_path, camera):
+    import torch
+
+    from factorportrait.inference.camera_paths import load_camera_file, make_camera_path, reference_c2w
+    from factorportrait.inference.driving import load_driving
+    from factorportrait.inference.pipeline import FactorPortraitPipeline
+
+    size = 32
+    if camera == "static-35":
+        c2w, _ = make_camera_path("static", 5, view_yaw_deg=35.0)
+        ref = reference_c2w()
+    else:  # absolute cameras in the avatar frame, with a reference camera that is not the default one
+        path_c2w, _ = make_camera_path("spin", 5, view_yaw_deg=-30.0, sweep_deg=40.0, distance_m=0.4)
+        ref_c2w, _ = make_camera_path("static", 1, view_yaw_deg=20.0, view_pitch_deg=10.0)
+        np.savez(tmp_path / "cams.npz", c2w=path_c2w, reference_c2w=ref_c2w[0])
+        loaded = load_camera_file(tmp_path / "cams.npz", 5)
+        c2w, ref = loaded.c2w, loaded.reference_c2w
+        np.testing.assert_allclose(c2w, path_c2w)  # absolute: used as given
+    pipeline = FactorPortraitPipeline.from_pretrained(str(assets / "model"), device="cpu")
+    seen = {}
+    forward = pipeline.transformer.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return forward(*args, **kwargs)
+
+    pipeline.transformer.forward = spy
+    driving = load_driving(str(assets / "driving.npz"))
+    image = np.full((size, size, 3), 128, np.uint8)
+    out = pipeline(image, driving, c2w, height=size, width=size, num_frames=5, num_inference_steps=1,
+                   reference_c2w=ref, progress=False)  # fmt: skip
+    K = out.K[0]
+    features = seen["ray_features"][0].float()  # [1536, 2, 4, 4]
+    for frame, (latent, k) in ((0, (0, 0)), (3, (1, 2))):
+        rays = torch.nn.functional.pixel_shuffle(features[384 * k : 384 * (k + 1), latent][None], 8)[0].numpy()
+        relative = _camera_from_rays(rays, K)
+        np.testing.assert_allclose(ref @ relative, c2w[frame], atol=2e-4)  # the rays describe this camera ...
+        # ... and the normal maps were rendered from it: re-render from the camera recovered from the rays.
+        again = pipeline.render_normals(
+            driving.truncated(5), out.K, np.repeat((ref @ relative)[None], 5, 0), size, size
+        )
+        covered = (out.normal_frames[frame] > 0).any(-1)
+        assert covered.mean() > 0.05  # the head is in view
+        assert np.mean(again[frame] != out.normal_frames[frame]) < 0.01
+    if camera == "static-35":  # the novel view is 35 deg of yaw away from the photo's, in the rays themselves
+        rel = np.linalg.inv(ref) @ c2w[0]
+        assert np.degrees(np.arccos((np.trace(rel[:3, :3]) - 1) / 2)) == pytest.approx(35.0, abs=1e-3)
+
+
+def test_c3_model_infers_with_landmarks_and_refuses_another_layout(assets, tmp_path, capsys):
+    from factorportrait.transformer import FactorPortraitTransformer
+
+    FactorPortraitTransformer.tiny(seed=0, expression_mode="landmarks", num_landmarks=68,
+                                   landmark_layout="ibug68").save_pretrained(tmp_path / "c3")  # fmt: skip
+    rng = np.random.default_rng(0)
+    marks = dict(landmarks=rng.uniform(10, 50, (13, 68, 2)), landmark_visible=rng.random((13, 68)) > 0.2)
+    np.savez(tmp_path / "marks.npz", **marks, landmark_layout="ibug68", width=64, height=64)
+    base = ["--model", str(tmp_path / "c3"), "--image", str(assets / "portrait.png"), "--driving",
+            str(assets / "driving.npz"), "--frames", "5", "--height", "32", "--width", "32", "--steps", "1",
+            "--quiet"]  # fmt: skip
+    out = tmp_path / "c3.mp4"
+    assert main([*base, "--landmarks", str(tmp_path / "marks.npz"), "--out", str(out)]) == 0
+    assert _frames(out).shape == (5, 32, 32, 3)
+    assert main([*base, "--out", str(out)]) == 2  # no landmarks anywhere
+    assert "--landmarks" in capsys.readouterr().err
+    np.savez(tmp_path / "other.npz", landmarks=rng.uniform(10, 50, (13, 5, 2)), landmark_layout="five")
+    assert main([*base, "--landmarks", str(tmp_path / "other.npz"), "--out", str(out)]) == 2
+    assert "trained on landmark layout 'ibug68' with 68 points" in capsys.readouterr().err
+
+
+def test_frames_below_one_bad_images_and_guidance_without_dropout(assets, tmp_path, capsys, caplog):
+    for frames in ("0", "-3"):
+        assert _run(assets, tmp_path / "x.mp4", "--frames", frames) == 2
+        assert f"--frames {frames}: must be at least 1" in capsys.readouterr().err
+    (tmp_path / "not_an_image.png").write_text("hello")
+    bad = ["--image", str(tmp_path / "not_an_image.png")]
+    assert main([*_args(assets, tmp_path / "x.mp4"), *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not_an_image.png" in err and "Traceback" not in err
+    # The tiny model's config records no dropout: guidance still runs but says why it is likely useless.
+    with caplog.at_level("WARNING"):
+        assert _run(assets, tmp_path / "g.mp4", "--guidance-scale", "2") == 0
+    assert any("records no expression dropout" in r.getMessage() for r in caplog.records)

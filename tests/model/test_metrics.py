@@ -276,3 +276,21 @@ def test_model_eval_errors(tmp_path, capsys):
     assert main(["--pred", str(pred), "--gt", str(gt), "--weights", f"lpips={tmp_path / 'gone.pth'}"]) == 2
     assert "gone.pth" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_model_eval_refuses_ground_truths_without_prediction_unless_allow_partial(tmp_path, capsys):
+    from factorportrait.cli.evaluate import main
+
+    video = smooth_video(t=4, h=32, w=32)
+    pred, gt, out = tmp_path / "pred", tmp_path / "gt", tmp_path / "r"
+    write_videos(pred, [("a.mp4", None)], video)
+    write_videos(gt, [("a.mp4", None), ("b.mp4", None), ("sub/c.mp4", None)], video)
+    args = ["--pred", str(pred), "--gt", str(gt), "--out", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 of 3 ground-truth videos" in err and "b.mp4, sub/c.mp4" in err and "--allow-partial" in err
+    assert not out.exists()
+    assert main([*args, "--allow-partial"]) == 0
+    assert "no prediction for b.mp4, sub/c.mp4" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["missing_predictions"] == ["b.mp4", "sub/c.mp4"] and list(results["pairs"]) == ["a.mp4"]

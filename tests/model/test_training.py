@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -169,3 +170,78 @@ def test_validation_video_and_ema(tmp_path, tiny_dataset):
     assert len(frames) == 5 and frames[0].shape == (32, 64, 3)  # generated | ground truth, 5 frames
     assert (result.final_model / "diffusion_pytorch_model.safetensors").exists()
     assert (tmp_path / "runs" / "stage1" / "logs").exists()  # TensorBoard event files
+
+
+# ---------------------------------------------------------------------------------------------- conditions (issue 9)
+def test_c3_landmark_training_runs_records_its_layout_and_refuses_another(tmp_path, tiny_dataset):
+    from factorportrait.trainer import build_model
+    from factorportrait.transformer import FactorPortraitTransformer
+
+    runs = tmp_path / "runs"
+    args = ("--frames", "5", "--iterations", "2", "--validate-every", "2", "--expression-mode", "landmarks", "--quiet")
+    assert _cli(1, tiny_dataset, runs, "DynamicSweep=1", *args) == 0
+    final = runs / "stage1" / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert (config["expression_mode"], config["landmark_layout"], config["num_landmarks"]) == (
+        "landmarks",
+        "ibug68",
+        68,
+    )
+    assert (runs / "stage1" / "validation" / "step-00000002.mp4").exists()  # validation fed the landmarks too
+    model = FactorPortraitTransformer.from_pretrained(final)
+    assert model.landmark_encoder is not None
+    # The next stage on data of another layout is refused with both layouts named.
+    stage2 = load_train_config(
+        2, None, "tiny", {"output": str(runs), "expression_mode": "landmarks", "data": [str(tiny_dataset)]}
+    )
+    with pytest.raises(ValueError, match="trained on landmark layout 'ibug68' with 68 points.*'mediapipe478' with 478"):
+        build_model(stage2, ("mediapipe478", 478))
+    with pytest.raises(ValueError, match="'ibug68' with 68 points.*input has layout None with 5 points"):
+        model(
+            latents=torch.zeros(1, 16, 2, 4, 4),
+            timestep=torch.tensor([500.0]),
+            reference_latent=torch.zeros(1, 16, 1, 4, 4),
+            normal_latents=torch.zeros(1, 16, 2, 4, 4),
+            ray_features=torch.zeros(1, 1536, 2, 4, 4),
+            landmarks=torch.zeros(1, 5, 5, 2),
+        )
+
+
+def test_code_dropout_training_runs_and_is_recorded(tmp_path, tiny_dataset):
+    config = _config(
+        tmp_path, tiny_dataset, iterations=2, expression_dropout=0.5, reference_dropout=0.3, normal_dropout=0.2
+    )
+    result = train(config, progress=False)
+    assert result.steps == 2 and all(math.isfinite(x) for x in result.losses)
+    saved = json.loads((result.final_model / "config.json").read_text())
+    assert (saved["expression_dropout"], saved["reference_dropout"], saved["normal_dropout"]) == (0.5, 0.3, 0.2)
+    with pytest.raises(ValueError, match="expression_dropout.*probability"):
+        _config(tmp_path, tiny_dataset, expression_dropout=1.0)
+
+
+def test_dropped_conditions_are_the_neutral_ones(tiny_dataset):
+    """Dropped expression -> zero (neutral) code, reference -> zeros, normals -> the black "no surface" latents,
+    which for the causal VAE start with exactly the reference frame's normal latent."""
+    from factorportrait.data.clips import ClipDataset, ClipDatasetConfig, collate_clips
+    from factorportrait.data.manifest import read_manifest_rows
+    from factorportrait.trainer import condition_inputs, encode_batch
+    from factorportrait.vae import WanVideoVAE
+
+    config = load_train_config(1, None, "tiny", {"data": [str(tiny_dataset)], "frames": 5})
+    dataset = ClipDataset(read_manifest_rows(tiny_dataset), ClipDatasetConfig(frames=5, stride=4, height=32, width=32))
+    batch = collate_clips([dataset[0], dataset[1]])
+    vae = WanVideoVAE.tiny(seed=0)
+    latents = encode_batch(vae, batch, "cpu", torch.float32)
+    with torch.no_grad():
+        black = vae.encode_video(torch.full((1, 3, 5, 32, 32), -1.0))
+    torch.testing.assert_close(latents["no_surface_latents"][1], black[0])
+    torch.testing.assert_close(latents["reference_normal_latent"][0, :, 0], black[0, :, 0], atol=1e-6, rtol=0)
+    kept = condition_inputs(latents, batch, config, "cpu", torch.float32)
+    drop = torch.tensor([[True, True, True], [False, False, False]])
+    dropped = condition_inputs(latents, batch, config, "cpu", torch.float32, drop)
+    assert torch.equal(dropped["expression_codes"][0], torch.zeros(5, batch["expression"].shape[-1]))
+    assert torch.equal(dropped["reference_latent"][0], torch.zeros_like(kept["reference_latent"][0]))
+    torch.testing.assert_close(dropped["normal_latents"][0], black[0])
+    for key in ("expression_codes", "reference_latent", "normal_latents"):
+        assert torch.equal(dropped[key][1], kept[key][1])  # sample 1 kept everything
+    assert not torch.equal(kept["expression_codes"][0], dropped["expression_codes"][0])

@@ -192,10 +192,16 @@ def test_camera_features_feed_the_model_and_reject_nan_cameras(wan):
     K = torch.tensor([[40.0, 0, size / 2], [0, 40.0, size / 2], [0, 0, 1]]).expand(frames, 3, 3)
     c2w = torch.eye(4).repeat(frames, 1, 1)
     c2w[:, 0, 3] = torch.linspace(0, 0.1, frames)
-    rays, reference = camera_features(K, c2w, size, size)
+    ref = dict(reference_c2w=c2w[0], reference_K=K[0])
+    rays, reference = camera_features(K, c2w, size, size, **ref)
     assert rays.shape == (RAY_CHANNELS, 2, H, W) and reference.shape == (RAY_CHANNELS, 1, H, W)
-    # frame 0 is relative to itself: its rays equal the identity camera's, i.e. the reference's
+    # frame 0 taken from the reference camera: its rays equal the identity camera's, i.e. the reference's
     torch.testing.assert_close(rays[:, 0], reference[:, 0])
+    # a reference 5 cm to the side: frame 0 is not the identity any more (moment = t x d, t = (-0.05, 0, 0))
+    side = c2w[0].clone()
+    side[0, 3] = 0.05
+    shifted, _ = camera_features(K, c2w, size, size, reference_c2w=side, reference_K=K[0])
+    assert (shifted[:, 0] - reference[:, 0]).abs().max() > 1e-3
     model = FactorPortraitTransformer.from_wan(wan, **SMALL).eval()
     x = _inputs(frames)
     x.update(ray_features=rays[None], reference_rays=reference[None])
@@ -204,4 +210,4 @@ def test_camera_features_feed_the_model_and_reject_nan_cameras(wan):
     bad = c2w.clone()
     bad[3, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="frame 3"):
-        camera_features(K, bad, size, size)
+        camera_features(K, bad, size, size, **ref)

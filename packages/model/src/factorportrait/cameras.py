@@ -6,7 +6,8 @@ Conventions (CONVENTIONS.md sections 1, 5, 6):
 * Pixel (i, j) (row i, column j) has its centre at (u, v) = (j + 0.5, i + 0.5).
 * Plücker ray of that pixel: d_c = n((u - cx)/fx, (v - cy)/fy, 1); d = R_c2w d_c; o = t_c2w;
   map = [o x d, d] (6 channels, moment first).
-* Cameras are made relative to the first generated frame: c2w_i' = w2c_0 c2w_i.
+* Cameras are made relative to the REFERENCE IMAGE's camera (paper Sec. 4.1): c2w_i' = w2c_ref c2w_i, so the
+  reference camera becomes the identity and a static novel view keeps its rotation in the ray maps.
 * The Wan VAE keeps frame 0 alone and then compresses chunks of 4 frames, so T frames give
   1 + (T - 1) // 4 latent frames and T must be 1 + 4k.
 """
@@ -87,26 +88,46 @@ def viewmat_to_c2w(viewmat: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
     return _rigid_inverse(viewmat)
 
 
-def relative_to_first(c2w: Tensor) -> Tensor:  # [F, 4, 4] -> [F, 4, 4]
-    """Cameras relative to frame 0: c2w_i' = inverse(c2w_0) @ c2w_i; frame 0 becomes exactly the identity.
+def relative_to_reference(c2w: Tensor, reference_c2w: Tensor) -> Tensor:  # [F, 4, 4], [4, 4] -> [F, 4, 4]
+    """Cameras relative to the reference camera: c2w_i' = inverse(reference_c2w) @ c2w_i (CONVENTIONS 6).
 
-    Invariant to any rigid transform G applied to all cameras (c2w_i -> G c2w_i), which is what makes
-    the ray maps independent of where the world origin happens to be.
+    A camera equal to the reference becomes exactly the identity. Invariant to any rigid transform G applied to
+    every camera including the reference (c2w -> G c2w), so the ray maps do not depend on the world origin.
     """
-    fn = "relative_to_first"
-    if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4) or c2w.shape[0] < 1:
-        raise ValueError(f"{fn}: c2w must be [F, 4, 4] with F >= 1, got {tuple(c2w.shape)}")
-    _check_finite_per_frame(c2w, "c2w", fn)
+    fn = "relative_to_reference"
+    if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"{fn}: c2w must be [F, 4, 4], got {tuple(c2w.shape)}")
+    if reference_c2w.shape != (4, 4):
+        raise ValueError(f"{fn}: reference_c2w must be [4, 4], got {tuple(reference_c2w.shape)}")
+    if c2w.shape[0]:
+        _check_finite_per_frame(c2w, "c2w", fn)
     _check_rigid(c2w, "c2w", fn)
-    rot0_t = c2w[0, :3, :3].transpose(-1, -2)  # [3, 3]
+    if not bool(torch.isfinite(reference_c2w).all()):
+        raise ValueError(f"{fn}: reference_c2w is not finite (NaN or inf): {reference_c2w.tolist()}")
+    _check_rigid(reference_c2w[None], "reference_c2w", fn)
+    dtype = torch.promote_types(c2w.dtype, reference_c2w.dtype)
+    c2w, ref = c2w.to(dtype), reference_c2w.to(dtype=dtype, device=c2w.device)
+    ref_rot_t = ref[:3, :3].transpose(-1, -2)  # [3, 3]
     out = torch.zeros_like(c2w)
-    out[:, :3, :3] = rot0_t @ c2w[:, :3, :3]
-    # Subtract the centres before rotating: R0^T (t_i - t_0) keeps frame 0's translation exactly zero and
-    # avoids cancelling two large terms when the cameras sit far from the world origin.
-    out[:, :3, 3] = (c2w[:, :3, 3] - c2w[0, :3, 3]) @ rot0_t.transpose(-1, -2)
+    out[:, :3, :3] = ref_rot_t @ c2w[:, :3, :3]
+    # Subtract the centres before rotating: R_ref^T (t_i - t_ref) is exactly zero for a camera at the reference
+    # and avoids cancelling two large terms when the cameras sit far from the world origin.
+    out[:, :3, 3] = (c2w[:, :3, 3] - ref[:3, 3]) @ ref_rot_t.transpose(-1, -2)
     out[:, 3, 3] = 1.0
-    out[0] = torch.eye(4, dtype=c2w.dtype, device=c2w.device)  # R0^T R0 is I only up to round-off
+    same = (c2w == ref).reshape(c2w.shape[0], -1).all(dim=1)
+    out[same] = torch.eye(4, dtype=dtype, device=c2w.device)  # R^T R is I only up to round-off
     return out
+
+
+def relative_to_first(c2w: Tensor) -> Tensor:  # [F, 4, 4] -> [F, 4, 4]
+    """Cameras relative to frame 0 (`relative_to_reference` with frame 0 as the reference); frame 0 -> identity.
+
+    Not the model's convention any more (that is relative to the reference image's camera); kept for callers
+    that want a path expressed relative to its own start.
+    """
+    if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4) or c2w.shape[0] < 1:
+        raise ValueError(f"relative_to_first: c2w must be [F, 4, 4] with F >= 1, got {tuple(c2w.shape)}")
+    return relative_to_reference(c2w, c2w[0])
 
 
 def plucker_rays(K: Tensor, c2w: Tensor, height: int, width: int) -> Tensor:

@@ -1,6 +1,7 @@
 """2D facial landmark conditioning (paper Sec. 8.2, ablation C3: landmarks instead of the expression controller).
 
-Pipeline: ``LandmarkEncoder`` turns 238 landmarks per video frame into per-point features with alternating
+Pipeline: ``LandmarkEncoder`` turns K landmarks per video frame (the paper: 238; our synthetic data: the 68-point
+iBUG layout, K is the model's `num_landmarks`) into per-point features with alternating
 spatial (points of one frame) and temporal (frames of one point) self-attention;
 ``group_landmarks_by_latent_frame`` pools them onto the DiT's latent frames (reference frame first, then the
 VAE's 1 + 4 + 4 ... temporal grouping); ``FrameCrossAttention`` is the cross-attention layer added to each DiT
@@ -55,8 +56,10 @@ class LandmarkEncoder(nn.Module):
 
     Each point is embedded as linear(x, y) + a learned per-point embedding (which landmark it is) + a fixed
     sinusoidal frame-index encoding (without it temporal attention is permutation-equivariant over frames and
-    cannot tell forward from backward motion). Then ``layers`` pairs of (spatial attention over the P points of
-    each frame, temporal attention over the T frames of each point); the paper uses 2 + 2.
+    cannot tell forward from backward motion). A point flagged invisible (`visible` False: occluded, behind the
+    head, or dropped in training) has its coordinates zeroed and a learned "hidden" embedding added instead, so it
+    keeps its token (fixed attention shapes) but carries no position. Then ``layers`` pairs of (spatial attention
+    over the P points of each frame, temporal attention over the T frames of each point); the paper uses 2 + 2.
     """
 
     def __init__(self, num_points: int = NUM_LANDMARKS, dim: int = 128, heads: int = 4, layers: int = 2) -> None:
@@ -67,6 +70,7 @@ class LandmarkEncoder(nn.Module):
         self.dim = dim
         self.coord_embed = nn.Linear(2, dim)
         self.point_embed = nn.Parameter(torch.randn(num_points, dim) * 0.02)
+        self.hidden_embed = nn.Parameter(torch.randn(dim) * 0.02)
         self.spatial = nn.ModuleList(_SelfAttentionBlock(dim, heads) for _ in range(layers))
         self.temporal = nn.ModuleList(_SelfAttentionBlock(dim, heads) for _ in range(layers))
         # Final norm so the cross-attention keys/values see features of a stable scale.
@@ -85,12 +89,25 @@ class LandmarkEncoder(nn.Module):
         y = block(x.permute(0, 2, 1, 3).reshape(b * p, t, c))  # [B*P, T, C]
         return y.view(b, p, t, c).permute(0, 2, 1, 3)
 
-    def forward(self, landmarks: torch.Tensor) -> torch.Tensor:  # [B, T, P, 2] -> [B, T, P, dim]
+    def forward(
+        self,
+        landmarks: torch.Tensor,  # [B, T, P, 2]
+        visible: torch.Tensor | None = None,  # [B, T, P] bool; None: all visible
+    ) -> torch.Tensor:  # [B, T, P, dim]
         if landmarks.ndim != 4 or landmarks.shape[2] != self.num_points or landmarks.shape[3] != 2:
             raise ValueError(f"landmarks must have shape [B, T, {self.num_points}, 2], got {tuple(landmarks.shape)}")
         t = landmarks.shape[1]
         frame_pe = _sinusoidal(t, self.dim).to(device=landmarks.device, dtype=self.point_embed.dtype)
-        x = self.coord_embed(landmarks) + self.point_embed[None, None] + frame_pe[None, :, None]
+        if visible is None:
+            x = self.coord_embed(landmarks)
+        else:
+            if tuple(visible.shape) != tuple(landmarks.shape[:3]):
+                raise ValueError(
+                    f"visible must have shape {tuple(landmarks.shape[:3])} like landmarks, got {tuple(visible.shape)}"
+                )
+            shown = visible.to(landmarks.dtype)[..., None]  # [B, T, P, 1]
+            x = self.coord_embed(landmarks * shown) + (1 - shown) * self.hidden_embed
+        x = x + self.point_embed[None, None] + frame_pe[None, :, None]
         for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
             x = self.mix_frames(self.mix_points(x, spatial), temporal)
         return self.norm_out(x)

@@ -72,6 +72,13 @@ class TrainConfig:
     prompt_embeds: str | None = None
     expression_mode: str = "codes"  # codes | landmarks (C3 ablation)
     use_normals: bool = True  # False: C2 ablation
+    # Condition dropout per sample (paper: none; ours, so that --guidance-scale has an unconditional to contrast):
+    # the expression codes replaced by the neutral (zero) code, or in C3 every landmark marked invisible;
+    expression_dropout: float = 0.1
+    # the reference latent replaced by zeros (off by default);
+    reference_dropout: float = 0.0
+    # the normal-map latents replaced by those of an all-black "no surface" video (off by default).
+    normal_dropout: float = 0.0
     height: int = 480
     width: int = 832
     clip_stride: int = 4
@@ -116,6 +123,13 @@ class TrainConfig:
             "height and width must be positive multiples of 16",
         )
         need(self.reference in ("same_sequence", "other_sequence"), "reference", "same_sequence or other_sequence")
+        for name in ("expression_dropout", "reference_dropout", "normal_dropout"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1.0,
+                name,
+                "must be a probability in [0, 1)",
+            )
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         need(self.learning_rate > 0, "learning_rate", "must be > 0")

@@ -53,21 +53,38 @@ def resolve_init(config: TrainConfig) -> str | None:
     return str(previous)
 
 
-def build_model(config: TrainConfig):
+def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = None):
+    """The stage's transformer; `landmark_layout` = (name, K) of the training data's landmarks (C3 only).
+
+    The saved config records the condition dropout of this stage and, for C3, the landmark layout; a model
+    trained on another layout is refused (ValueError naming both).
+    """
     from .transformer import WAN_CONFIGS, FactorPortraitTransformer
 
     init = resolve_init(config)
     options = dict(expression_mode=config.expression_mode, use_normals=config.use_normals)
+    if config.expression_mode == "landmarks":
+        if landmark_layout is None:
+            raise ValueError("expression_mode = 'landmarks' needs the training data's landmark layout")
+        options.update(landmark_layout=landmark_layout[0], num_landmarks=landmark_layout[1])
     if init is None:
         model = FactorPortraitTransformer.tiny(seed=config.seed, **options)
     elif (Path(init) / "config.json").exists() and "wan_config" in json.loads((Path(init) / "config.json").read_text()):
         model = FactorPortraitTransformer.from_pretrained(init)
+        if landmark_layout is not None and model.landmark_encoder is not None:
+            model.check_landmark_layout(*landmark_layout, where=f"training data of stage {config.stage}")
+            model.register_to_config(landmark_layout=landmark_layout[0])
     else:
         model = FactorPortraitTransformer.from_wan(init, **options)
         if WAN_CONFIGS.get(config.model_size, {}).get("num_layers") not in (None, model.wan.config.num_layers):
             log.warning(
                 "model_size=%s but the Wan folder holds %d layers", config.model_size, model.wan.config.num_layers
             )
+    model.register_to_config(
+        expression_dropout=config.expression_dropout,
+        reference_dropout=config.reference_dropout,
+        normal_dropout=config.normal_dropout,
+    )
     if config.prompt_embeds:
         model.set_prompt_embedding(config.prompt_embeds)
     if config.gradient_checkpointing:
@@ -103,6 +120,7 @@ def build_dataset(config: TrainConfig):
             width=config.width,
             reference=config.reference,
             seed=config.seed,
+            landmarks=config.expression_mode == "landmarks",
         ),
     )
     broken = dataset.check_sources()
@@ -141,15 +159,54 @@ def make_loader(dataset, sampler, collate, config: TrainConfig):
 
 # ---------------------------------------------------------------------------------------------- one step
 def encode_batch(vae, batch: dict, device, dtype) -> dict:
-    """VAE latents of the clip, its normal maps and its reference (or the cached ones)."""
+    """VAE latents of the clip, its normal maps and its reference (or the cached ones), plus the "no surface"
+    latents: of one black frame (the reference frame's normal slot) and of a black clip (dropped normals)."""
+    from .conditions import no_surface_latent
+
     if "latents" in batch:
-        return {k: batch[k].to(device, dtype) for k in ("latents", "normal_latents", "reference_latent")}
-    with torch.no_grad():
-        return {
-            "latents": vae.encode_video(batch["video"].to(device)).to(dtype),
-            "normal_latents": vae.encode_video(batch["normals"].to(device)).to(dtype),
-            "reference_latent": vae.encode_video(batch["reference"].to(device)).to(dtype),
-        }
+        out = {k: batch[k].to(device, dtype) for k in ("latents", "normal_latents", "reference_latent")}
+    else:
+        with torch.no_grad():
+            out = {
+                "latents": vae.encode_video(batch["video"].to(device)).to(dtype),
+                "normal_latents": vae.encode_video(batch["normals"].to(device)).to(dtype),
+                "reference_latent": vae.encode_video(batch["reference"].to(device)).to(dtype),
+            }
+    b, _, _, h, w = out["latents"].shape
+    frames = batch["expression"].shape[1]  # T of the clip
+    size = dict(height=8 * h, width=8 * w, device=device, dtype=dtype)
+    out["reference_normal_latent"] = no_surface_latent(vae, b, **size)
+    out["no_surface_latents"] = no_surface_latent(vae, b, frames=frames, **size)
+    return out
+
+
+def condition_inputs(latents: dict, batch: dict, config: TrainConfig, device, dtype, drop: torch.Tensor | None = None):
+    """The model's condition keyword arguments for a batch; `drop` [B, 3] bool = (expression, reference, normals)
+    dropped per sample (code dropout, see TrainConfig), None = keep every condition."""
+    b = latents["latents"].shape[0]
+    drop = torch.zeros(b, 3, dtype=torch.bool, device=device) if drop is None else drop.to(device)
+
+    def where(mask: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.view(-1, *([1] * (kept.dim() - 1))), dropped, kept)
+
+    reference = latents["reference_latent"]
+    inputs = dict(
+        reference_latent=where(drop[:, 1], torch.zeros_like(reference), reference),
+        ray_features=batch["ray_features"].to(device, dtype),
+        reference_rays=batch["reference_rays"].to(device, dtype),
+    )
+    if config.use_normals:
+        normals = latents["normal_latents"]
+        inputs["normal_latents"] = where(drop[:, 2], latents["no_surface_latents"].to(normals), normals)
+        inputs["reference_normal_latent"] = latents["reference_normal_latent"]
+    if config.expression_mode == "codes":
+        codes = batch["expression"].to(device, dtype)
+        inputs["expression_codes"] = where(drop[:, 0], torch.zeros_like(codes), codes)  # the neutral code
+    elif config.expression_mode == "landmarks":
+        visible = batch["landmark_visible"].to(device)
+        inputs["landmarks"] = batch["landmarks"].to(device, dtype)
+        inputs["landmark_visible"] = where(drop[:, 0], torch.zeros_like(visible), visible)  # every point hidden
+    return inputs
 
 
 def step_generator(config: TrainConfig, step: int, rank: int, device) -> torch.Generator:
@@ -176,15 +233,15 @@ def flow_matching_step(
         x0.shape[0], generator, shift=config.sigma_shift, distribution=config.timestep_sampling, device=device
     )
     noisy = noisy_latents(x0, noise, sigmas)
+    # Drawn after the noise and the timesteps, from the same generator: a pure function of (seed, step, rank).
+    probabilities = torch.tensor(
+        [config.expression_dropout, config.reference_dropout, config.normal_dropout], device=device
+    )
+    drop = torch.rand(x0.shape[0], 3, generator=generator, device=device) < probabilities
     pred = model(
         latents=noisy,
         timestep=timesteps_from_sigmas(sigmas),
-        reference_latent=latents["reference_latent"],
-        normal_latents=latents["normal_latents"] if config.use_normals else None,
-        ray_features=batch["ray_features"].to(device, dtype),
-        reference_rays=batch["reference_rays"].to(device, dtype),
-        expression_codes=batch["expression"].to(device, dtype) if config.expression_mode == "codes" else None,
-        landmarks=batch.get("landmarks"),
+        **condition_inputs(latents, batch, config, device, dtype, drop),
     ).sample
     # the reference frame is not part of `pred` (kept clean, left out of the loss)
     return flow_matching_loss(pred.float(), velocity_target(x0, noise).float())
@@ -224,10 +281,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         cleanup_partial(out / "checkpoints")
 
-    # 1. build
-    model = build_model(config)
-    vae = build_vae(config).to(device)
+    # 1. build (the data first: a C3 model takes its landmark layout from it)
     dataset, sampler, collate = build_data(config, rank, world)
+    model = build_model(config, getattr(dataset, "landmark_layout", None))
+    vae = build_vae(config).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.lr_schedule == "cosine":
@@ -354,7 +411,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
 @torch.no_grad()
 def validate(model, vae, dataset, config: TrainConfig, step: int, ema, device, dtype) -> Path:
-    """Sample a fixed clip (the first one) with the Euler sampler and write generated | ground truth as mp4."""
+    """Sample a fixed clip (the first one) with the Euler sampler and write generated | ground truth as mp4.
+
+    Its conditions are the training item's: rays relative to the clip's reference frame, landmarks for C3.
+    """
     from .training.flow_matching import euler_sample, sigma_schedule
     from .vae import tensor_to_frames
     from .video_io import write_mp4
@@ -369,16 +429,10 @@ def validate(model, vae, dataset, config: TrainConfig, step: int, ema, device, d
         latents = encode_batch(vae, batch, device, dtype)
         generator = torch.Generator(device=device).manual_seed(config.seed)
 
+        conditions = condition_inputs(latents, batch, config, device, dtype)  # every condition kept
+
         def velocity(x, t):
-            return model(
-                latents=x,
-                timestep=t.reshape(1).to(device),
-                reference_latent=latents["reference_latent"],
-                normal_latents=latents["normal_latents"] if config.use_normals else None,
-                ray_features=batch["ray_features"].to(device, dtype),
-                reference_rays=batch["reference_rays"].to(device, dtype),
-                expression_codes=batch["expression"].to(device, dtype),
-            ).sample
+            return model(latents=x, timestep=t.reshape(1).to(device), **conditions).sample
 
         x0 = euler_sample(
             velocity, latents["latents"].shape, sigma_schedule(config.validation_steps, config.sigma_shift), generator

@@ -3,16 +3,26 @@
 Condition fusion (CONVENTIONS 6): the model input is the channel concatenation
     [latent (16) | normal-map latent (16, unless use_normals=False) | ray features (1536)]
 over 1 + F latent frames, where frame 0 is the prepended reference: its latent slot holds the clean reference
-image latent, its normal slot is zero and its ray slot holds the identity camera's rays; frames 1.. hold the
-noisy video latent, the driving normal-map latents and the Plücker features of the (relative) cameras, with no
-reference content. The extra channels enter through new, zero-initialised input channels of Wan's
-`patch_embedding`.
+image latent, its normal slot the latent of an all-black "no surface" normal frame (`reference_normal_latent`,
+`factorportrait.conditions.no_surface_latent`; zeros when not given) and its ray slot the identity camera's rays;
+frames 1.. hold the noisy video latent, the driving normal-map latents and the Plücker features of the cameras
+relative to the reference image's camera, with no reference content. The extra channels enter through new,
+zero-initialised input channels of Wan's `patch_embedding`.
 
 Expression (CONVENTIONS 5-6): per-frame codes go through `ExpressionController` to one vector per latent frame,
 added to the shared timestep embedding; the AdaLN modulation is then computed per latent frame ([B, F, 6, D])
 and broadcast over that frame's tokens, never per token. The C3 ablation replaces it with 2D landmarks injected by
-added per-frame cross-attention layers. Every new parameter starts at zero so a fresh model computes exactly
-what the wrapped Wan computes on the same latent sequence.
+added per-frame cross-attention layers: `landmarks` [B, T, K, 2] are pixel coordinates (u, v) in the generated
+frames (8 w x 8 h pixels, pixel i spans [i, i + 1)), normalised here to [-1, 1] by that size; points flagged
+invisible in `landmark_visible` [B, T, K] are zeroed and marked (`LandmarkEncoder`). The config records the
+landmark layout (`landmark_layout`, `num_landmarks`) and refuses another (`check_landmark_layout`).
+
+Training metadata in the config: `expression_dropout`, `reference_dropout`, `normal_dropout` are the condition
+dropout probabilities the model was trained with (model-train writes them); the pipeline reads them to warn when
+`--guidance-scale` is used with a model that never saw dropped expression conditions.
+
+Every new parameter starts at zero so a fresh model computes exactly what the wrapped Wan computes on the same
+latent sequence.
 """
 
 from __future__ import annotations
@@ -100,6 +110,10 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         landmark_dim: int = 128,
         landmark_heads: int = 4,
         text_len: int = 512,
+        landmark_layout: str | None = None,
+        expression_dropout: float = 0.0,
+        reference_dropout: float = 0.0,
+        normal_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if expression_mode not in EXPRESSION_MODES:
@@ -202,6 +216,17 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         self.prompt_embeds = embeds.to(self.prompt_embeds)
 
     # ------------------------------------------------------------------ inputs
+    def check_landmark_layout(self, layout: str | None, num_points: int, where: str = "input") -> None:
+        """ValueError unless landmarks of `layout` with `num_points` points are what this C3 model was trained on."""
+        if self.landmark_encoder is None:
+            return
+        trained, k = self.config.landmark_layout, self.config.num_landmarks
+        if num_points != k or (trained is not None and layout is not None and layout != trained):
+            raise ValueError(
+                f"this model was trained on landmark layout {trained!r} with {k} points; the {where} has layout "
+                f"{layout!r} with {num_points} points: use landmarks of the model's layout"
+            )
+
     def fuse_inputs(
         self,
         latents: Tensor,  # [B, 16, F, h, w] noisy video latents
@@ -209,6 +234,7 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         normal_latents: Tensor | None = None,  # [B, 16, F, h, w]
         ray_features: Tensor | None = None,  # [B, 1536, F, h, w]
         reference_rays: Tensor | None = None,  # [B, 1536, 1, h, w] identity-camera rays of the reference
+        reference_normal_latent: Tensor | None = None,  # [B, 16, 1, h, w] latent of a black "no surface" frame
     ) -> Tensor:  # [B, C_in, 1 + F, h, w]
         """The condition-fusion input: reference prepended in time, conditions concatenated in channels."""
         b, c, f, h, w = _shape(latents, "latents", 5)
@@ -227,7 +253,14 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
                     f"normal_latents must be {(b, LATENT_CHANNELS, f, h, w)} to match the video, "
                     f"got {tuple(normal_latents.shape)}"
                 )
-            parts.append(torch.cat([torch.zeros_like(reference_latent), normal_latents], dim=2))
+            if reference_normal_latent is None:
+                reference_normal_latent = torch.zeros_like(reference_latent)
+            elif tuple(reference_normal_latent.shape) != (b, LATENT_CHANNELS, 1, h, w):
+                raise ValueError(
+                    f"reference_normal_latent must be {(b, LATENT_CHANNELS, 1, h, w)}, "
+                    f"got {tuple(reference_normal_latent.shape)}"
+                )
+            parts.append(torch.cat([reference_normal_latent.to(normal_latents), normal_latents], dim=2))
         if self.config.use_rays:
             if ray_features is None:
                 raise ValueError("ray_features are required (this model was built with use_rays=True)")
@@ -251,14 +284,18 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         ray_features: Tensor | None = None,
         reference_rays: Tensor | None = None,
         expression_codes: Tensor | None = None,  # [B, T, 128], T = 1 + 4 (F - 1)
-        landmarks: Tensor | None = None,  # [B, T, 238, 2] (C3 ablation)
+        landmarks: Tensor | None = None,  # [B, T, K, 2] pixels (u, v) of the 8w x 8h frames (C3 ablation)
+        landmark_visible: Tensor | None = None,  # [B, T, K] bool; None: all visible
+        reference_normal_latent: Tensor | None = None,  # [B, 16, 1, h, w]
         encoder_hidden_states: Tensor | None = None,  # [B, L, text_dim]; default: the fixed prompt embedding
         return_reference_frame: bool = False,
         return_dict: bool = True,
     ) -> Transformer2DModelOutput | tuple[Tensor]:
         """Predict the flow-matching velocity of the generated frames [B, 16, F, h, w]
         (with `return_reference_frame`, of all 1 + F frames)."""
-        fused = self.fuse_inputs(latents, reference_latent, normal_latents, ray_features, reference_rays)
+        fused = self.fuse_inputs(
+            latents, reference_latent, normal_latents, ray_features, reference_rays, reference_normal_latent
+        )
         frames = fused.shape[2]
         offsets = landmark_context = None
         if self.controller is not None:
@@ -267,12 +304,19 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
             self._check_frames(expression_codes.shape[1], frames - 1, "expression codes")
             offsets = self.controller(expression_codes.to(fused.dtype))  # [B, 1 + F, D]
         elif self.landmark_encoder is not None:
+            k = self.config.num_landmarks
             if landmarks is None:
-                raise ValueError("landmarks [B, T, 238, 2] are required (expression_mode='landmarks')")
+                raise ValueError(f"landmarks [B, T, {k}, 2] are required (expression_mode='landmarks')")
+            if landmarks.dim() != 4 or landmarks.shape[-1] != 2:
+                raise ValueError(f"landmarks must be [B, T, K, 2] pixel coordinates, got {tuple(landmarks.shape)}")
+            self.check_landmark_layout(None, landmarks.shape[2], "input")
             from .landmarks import group_landmarks_by_latent_frame
 
             self._check_frames(landmarks.shape[1], frames - 1, "landmarks")
-            landmark_context = group_landmarks_by_latent_frame(self.landmark_encoder(landmarks.to(fused.dtype)))
+            size = landmarks.new_tensor([8.0 * latents.shape[-1], 8.0 * latents.shape[-2]])  # (W, H) in pixels
+            normalised = (landmarks / size * 2.0 - 1.0).to(fused.dtype)  # [-1, 1] across the frame
+            features = self.landmark_encoder(normalised, landmark_visible)
+            landmark_context = group_landmarks_by_latent_frame(features)
         out = self.denoise(fused, timestep, encoder_hidden_states, offsets, landmark_context)
         if not return_reference_frame:
             out = out[:, :, 1:]

@@ -1,7 +1,9 @@
 """`model-eval`: score generated videos against ground truth (paper Sec. 5.1, Tab. 3).
 
-Pairs every pred/<rel>.mp4 with gt/<rel>.mp4. An optional pred/<rel>.json sidecar with a "control_mode" key puts the
-pair in that row (else "all"). Networks load from local files only; metrics without weights print as "n/a".
+Pairs every pred/<rel>.mp4 with gt/<rel>.mp4. Ground truths without a prediction are listed and refused (exit 2)
+unless --allow-partial, which scores the pairs that exist and records the missing ones in results.json. An
+optional pred/<rel>.json sidecar with a "control_mode" key puts the pair in that row (else "all"). Networks load
+from local files only; metrics without weights print as "n/a".
 
 Example:
   model-eval --pred out/phone --gt data/phone_gt \\
@@ -49,6 +51,15 @@ def read_video(path: Path):
     if not frames:
         raise ValueError(f"{path}: no video frames decoded")
     return np.stack(frames)
+
+
+def missing_predictions(pred_dir: Path, gt_dir: Path) -> list[str]:
+    """Relative names of the gt/<rel>.mp4 videos that have no pred/<rel>.mp4, sorted."""
+    return sorted(
+        gt.relative_to(gt_dir).as_posix()
+        for gt in gt_dir.rglob("*.mp4")
+        if not (pred_dir / gt.relative_to(gt_dir)).is_file()
+    )
 
 
 def find_pairs(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path, str]]:
@@ -129,11 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="dataset name in the table (default: the --pred folder name)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="score the pairs there are even if some ground truths lack a prediction",
+    )
     args = parser.parse_args(argv)
 
     try:
         weights = parse_weights(args.weights)
         pairs = find_pairs(args.pred, args.gt)
+        missing = missing_predictions(args.pred, args.gt)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            if not args.allow_partial:
+                raise FileNotFoundError(
+                    f"{len(missing)} of {len(missing) + len(pairs)} ground-truth videos under {args.gt} have no "
+                    f"prediction under {args.pred}: {shown}; generate them, or pass --allow-partial to score the rest"
+                )
+            print(f"model-eval: warning: scoring {len(pairs)} pairs; no prediction for {shown}", file=sys.stderr)
 
         import torch
 
@@ -180,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights": weights,
         "groups": summary,
         "pairs": per_pair,
+        "missing_predictions": missing,
         "notes": notes,
     }
     write_atomic(args.out / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")

@@ -8,8 +8,16 @@ Examples (the paper's four control modes):
   model-infer ... --camera spiral --out all.mp4                           # 4. everything dynamic
   model-infer ... --camera cameras.json                                   # a camera path file (OpenCV c2w + K)
 
+Cameras: the --image photo is the reference camera, taken to be frontal at the default distance (0.32 m); every
+camera path is relative to it (--view-yaw 35 = turned 35 deg around the head from the photo's viewpoint). A camera
+file's c2w are relative to the photo, unless the file also holds `reference_c2w` (the photo's own camera): then
+c2w and reference_c2w are absolute in the avatar frame and the path is made relative to reference_c2w.
+
 --driving: ROOT::SEQUENCE_ID (a manifest sequence), a .npz/.safetensors file with `expression` [T, 128] and
-`head_pose` [T, 6], or a video with --expression-encoder PATH. Writes OUT (mp4) and OUT.json with every condition.
+`head_pose` [T, 6], or a video with --expression-encoder PATH. C3 (landmark) models read landmarks from --landmarks,
+else from the driving sequence / file. --guidance-scale > 1 contrasts with the neutral code; it needs a model
+trained with expression dropout (model-train's expression_dropout, default 0.1) and warns otherwise.
+Writes OUT (mp4) and OUT.json with every condition.
 """
 
 from __future__ import annotations
@@ -31,16 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expression-encoder", help="expression-encoder weights (for a driving video)")
     p.add_argument("--freeze-driving", action="store_true", help="hold the first driving frame (static face)")
     p.add_argument("--camera", default="static", help="static | spin | spiral | PATH (.json/.npz camera file)")
-    p.add_argument("--view-yaw", type=float, default=0.0, help="static/spin start yaw in degrees (0 = frontal)")
+    p.add_argument(
+        "--view-yaw", type=float, default=0.0, help="yaw in degrees from the photo's viewpoint (0 = the photo's)"
+    )
+    p.add_argument("--view-pitch", type=float, default=0.0, help="pitch in degrees from the photo's viewpoint (+ up)")
     p.add_argument("--sweep", type=float, default=90.0, help="spin: degrees turned over the clip")
-    p.add_argument("--distance", type=float, default=0.32, help="camera distance from the head (m)")
+    p.add_argument(
+        "--distance", type=float, default=0.32, help="path's camera distance from the head (m); the photo's is 0.32"
+    )
     p.add_argument("--frames", type=int, help="frames to generate (default: the driving length)")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--scheduler", choices=["unipc", "euler"], default="unipc")
     p.add_argument("--shift", type=float, default=3.0)
-    p.add_argument("--guidance-scale", type=float, default=1.0)
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="expression guidance vs the neutral code (needs a model trained with expression dropout)",
+    )
+    p.add_argument(
+        "--landmarks", help="C3 models: ROOT::SEQUENCE_ID or .npz with landmarks [T, K, 2] (default: from --driving)"
+    )
     p.add_argument("--window", type=int, default=81, help="frames per model call (1+4k); longer clips overlap")
     p.add_argument("--overlap", type=int, default=8)
     p.add_argument("--guide-avatar", default="demo-000", help="head mesh for the normal maps (avatar id or file)")
@@ -62,38 +83,58 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    from ..inference.camera_paths import load_camera_file, make_camera_path
-    from ..inference.driving import DrivingSignal, load_driving
+    from ..inference.camera_paths import CameraPath, load_camera_file, make_camera_path, reference_c2w
+    from ..inference.driving import DrivingSignal, load_driving, load_landmarks
     from ..inference.pipeline import FactorPortraitPipeline
     from ..video_io import write_mp4
 
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames {args.frames}: must be at least 1 (1 + 4k, e.g. 13, 25, 49, 81)")
     if not args.image.exists():
         raise FileNotFoundError(f"reference image '{args.image}' does not exist")
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+    try:
+        with Image.open(args.image) as opened:
+            image = np.asarray(opened.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"--image '{args.image}' is not an image PIL can read (PNG, JPEG, ...): {err}") from None
     driving = load_driving(args.driving, args.expression_encoder)
+    if args.landmarks:
+        marks = load_landmarks(args.landmarks)
+        driving = DrivingSignal(
+            driving.codes,
+            driving.head_poses,
+            driving.source,
+            driving.codes_in_avatar_space,
+            marks.landmarks,
+            marks.landmark_visible,
+            marks.landmark_layout,
+            marks.landmark_size,
+        )
     frames = args.frames or len(driving)
     if args.freeze_driving:
-        driving = DrivingSignal(
-            np.repeat(driving.codes[:1], frames, 0),
-            np.repeat(driving.head_poses[:1], frames, 0),
-            {**driving.source, "frozen": True},
-            driving.codes_in_avatar_space,
-        )
-    K = None
+        driving = driving.frozen(frames)
     if args.camera in ("static", "spin", "spiral"):
-        c2w, camera = make_camera_path(args.camera, frames, args.view_yaw, args.distance, args.sweep)
+        c2w, params = make_camera_path(
+            args.camera, frames, args.view_yaw, args.distance, args.sweep, view_pitch_deg=args.view_pitch
+        )
+        camera = CameraPath(c2w, reference_c2w(), params=params)
     else:
-        c2w, K, camera = load_camera_file(args.camera, frames)
+        camera = load_camera_file(args.camera, frames)
     pipeline = FactorPortraitPipeline.from_pretrained(
         args.model, vae=args.vae, scheduler=args.scheduler, shift=args.shift, guide_avatar=args.guide_avatar
     )
     result = pipeline(
         image,
         driving,
-        c2w,
-        K,
+        camera.c2w,
+        camera.K,
+        reference_c2w=camera.reference_c2w,
+        reference_K=camera.reference_K,
+        landmarks=driving.landmarks_at(args.height, args.width),
+        landmark_visible=driving.landmark_visible,
+        landmark_layout=driving.landmark_layout,
         height=args.height,
         width=args.width,
         num_frames=frames,
@@ -111,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         "vae": args.vae,
         "image": str(args.image),
         "driving": driving.source,
-        "camera": camera,
+        "camera": camera.params,
         "frames": frames,
         "height": args.height,
         "width": args.width,
@@ -127,6 +168,9 @@ def _run(args: argparse.Namespace) -> int:
         "control_mode": _control_mode(args),
         "K": result.K.tolist(),
         "c2w": result.c2w.tolist(),
+        "reference_c2w": result.reference_c2w.tolist(),
+        "reference_K": result.reference_K.tolist(),
+        "camera_convention": "c2w absolute (avatar frame); rays use inverse(reference_c2w) @ c2w",
         "expression": driving.codes[:frames].tolist(),
         "head_pose": driving.head_poses[:frames].tolist(),
     }
@@ -139,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _control_mode(args: argparse.Namespace) -> str:
     if args.camera == "static":
-        return "static-frontal" if args.view_yaw == 0 else "static-novel-view"
+        return "static-frontal" if args.view_yaw == 0 and args.view_pitch == 0 else "static-novel-view"
     return "moving-camera-static-face" if args.freeze_driving else "all-dynamic"
 
 

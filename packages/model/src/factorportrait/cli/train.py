@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--latent-cache", help="folder written by model-cache-latents (read instead of videos)")
+    p.add_argument(
+        "--expression-mode", choices=["codes", "landmarks"], help="landmarks: the C3 ablation (needs 1.1 landmarks)"
+    )
+    p.add_argument(
+        "--expression-dropout", type=float, help="P(expression -> neutral code / all landmarks hidden), default 0.1"
+    )
+    p.add_argument("--reference-dropout", type=float, help="P(reference latent -> zeros), default 0")
+    p.add_argument("--normal-dropout", type=float, help="P(normal maps -> no surface), default 0")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -76,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             "latent_cache": args.latent_cache,
             "mixed_precision": args.mixed_precision,
             "ema_decay": args.ema_decay,
+            "expression_mode": args.expression_mode,
+            "expression_dropout": args.expression_dropout,
+            "reference_dropout": args.reference_dropout,
+            "normal_dropout": args.normal_dropout,
             "mixture": parse_mixture(args.mixture) if args.mixture else None,
         }
         config = load_train_config(args.stage, config_path if config_path.exists() else None, args.preset, overrides)

@@ -1,12 +1,21 @@
 """Training clips from manifest rows: decoded, resized / cropped video, normal maps, reference frame and cameras.
 
 A clip is `frames` consecutive frames (T = 1 + 4k, what the Wan VAE takes) of one sequence, starting every
-`stride` frames. Each item carries the clip's RGB and normal-map video in [-1, 1], a reference frame (of the same
-identity), the camera ray features of CONVENTIONS 6 and the per-frame expression codes.
+`stride` frames. Each item carries the clip's RGB and normal-map video in [-1, 1], a reference frame, the camera
+ray features of CONVENTIONS 6, the per-frame expression codes and, for the C3 ablation, the 2D landmarks.
 
-Geometry: frames are scaled so that their short side covers the training size, then centre-cropped; K gets the
-same transform (pixel centres at i + 0.5, so scaling continuous pixel coordinates by s and shifting by the crop
-offset is exact for align_corners=False resampling).
+Reference frames: "other_sequence" draws it from another row of the same identity AND the same non-null
+`world_frame` (manifest 1.1: rows whose cameras live in one world frame, e.g. all renders of one avatar), because
+the clip's cameras are made relative to the reference frame's own recorded camera (c2w_i' = w2c_ref c2w_i). Rows
+with a null world_frame (real captures from different sessions) or alone in theirs take the reference from the
+same sequence, from a frame outside the clip when there is one.
+
+Normal maps: a row without a normal video gets all-black frames (-1), the encoding's "no surface", the same
+thing the prepended reference frame gets (`factorportrait.conditions`).
+
+Geometry: frames are scaled so that their short side covers the training size, then centre-cropped; K and the
+landmarks get the same transform (pixel centres at i + 0.5, so scaling continuous pixel coordinates by s and
+shifting by the crop offset is exact for align_corners=False resampling).
 
 Broken data (a missing, truncated or undecodable video, bad cameras) never crashes a loader worker: `__getitem__`
 returns None, counts it in `dataset.broken` (per process: DataLoader workers hold their own copies) and logs it;
@@ -31,7 +40,7 @@ from av.video.reformatter import ColorRange, Interpolation
 from torch import Tensor
 
 from ..cameras import latent_frame_count, viewmat_to_c2w
-from ..conditions import camera_features
+from ..conditions import camera_features, no_surface_normals
 from .manifest import ClipSource
 
 __all__ = [
@@ -42,6 +51,7 @@ __all__ = [
     "ClipRef",
     "VideoDecodeError",
     "adjust_intrinsics",
+    "adjust_points",
     "collate_clips",
     "cover_crop",
     "decode_frames",
@@ -71,6 +81,7 @@ class ClipDatasetConfig:
     stride: int = 4  # frames between clip starts within a sequence
     reference: str = "other_sequence"  # or "same_sequence"
     seed: int = 0  # reference choices are a pure function of (seed, clip index)
+    landmarks: bool = False  # items carry "landmarks" / "landmark_visible" (C3); rows without landmarks are dropped
 
     def __post_init__(self) -> None:
         latent_frame_count(self.frames)  # ValueError unless frames = 1 + 4k
@@ -134,6 +145,19 @@ def adjust_intrinsics(K: np.ndarray, src_height: int, src_width: int, height: in
     out[..., 1, :] *= sy  # 0, fy, cy
     out[..., 0, 2] -= left
     out[..., 1, 2] -= top
+    return out.astype(np.float32)
+
+
+def adjust_points(points: np.ndarray, src_height: int, src_width: int, height: int, width: int) -> np.ndarray:
+    """Continuous pixel coordinates [..., 2] = (u, v) of src frames -> the same points in the cover_crop'ed frames.
+
+    The transform of `adjust_intrinsics` applied to points: u' = sx u - left, v' = sy v - top (float32). Points
+    may fall outside the cropped frame; they are kept (their visibility flag is the data's).
+    """
+    scaled_h, scaled_w, top, left = cover_crop(src_height, src_width, height, width)
+    out = np.array(points, np.float64, copy=True)
+    out[..., 0] = out[..., 0] * (scaled_w / src_width) - left
+    out[..., 1] = out[..., 1] * (scaled_h / src_height) - top
     return out.astype(np.float32)
 
 
@@ -243,16 +267,22 @@ class ClipDataset(torch.utils.data.Dataset):
     """Clips (source, start) for start in range(0, T - frames + 1, stride) of every source.
 
     Item (T = config.frames, H x W = config.height x config.width, F = 1 + (T - 1) // 4, D = expression dim):
-        video [3, T, H, W], normals [3, T, H, W] (zeros without a normal video), reference [3, 1, H, W]
-        (all float32 in [-1, 1]); ray_features [1536, F, H/8, W/8] and reference_rays [1536, 1, H/8, W/8]
-        (`camera_features` of the adjusted cameras); K [T, 3, 3] (adjusted to H x W), c2w [T, 4, 4];
-        expression [T, D]; head_pose [T, 6]; dataset, sequence_id, reference_sequence_id (str);
+        video [3, T, H, W], normals [3, T, H, W] (all -1 = black "no surface" without a normal video),
+        reference [3, 1, H, W] (all float32 in [-1, 1]); ray_features [1536, F, H/8, W/8] and reference_rays
+        [1536, 1, H/8, W/8] (`camera_features` of the adjusted cameras, relative to the reference frame's camera);
+        K [T, 3, 3] (adjusted to H x W), c2w [T, 4, 4], reference_K [3, 3], reference_c2w [4, 4]; expression [T, D];
+        head_pose [T, 6]; with config.landmarks: landmarks [T, K, 2] (pixels of the H x W frame, cropped / resized
+        like the frames) and landmark_visible [T, K] bool; dataset, sequence_id, reference_sequence_id (str);
         start, reference_frame, index (int).
     `__getitem__` returns None for a clip that cannot be loaded (see the module docstring).
     """
 
     def __init__(self, sources: Sequence[ClipSource], config: ClipDatasetConfig) -> None:
         self.config = config
+        self.landmark_layout: tuple[str, int] | None = None  # (layout, K) of every source, with config.landmarks
+        self.without_landmarks: list[str] = []  # sequence ids dropped because they have no landmarks (C3)
+        if config.landmarks:
+            sources = self._landmark_sources(sources)
         dims = {}
         for source in sources:
             dims.setdefault(source.expression.shape[1], source.sequence_id)
@@ -264,6 +294,31 @@ class ClipDataset(torch.utils.data.Dataset):
         self.broken = BrokenClips()
         self.removed: list[str] = []  # "<sequence_id>: <problem>" for the sources check_sources removed
         self._build()
+
+    def _landmark_sources(self, sources: Sequence[ClipSource]) -> list[ClipSource]:
+        """The sources that carry landmarks, all of one layout (else ValueError naming the layouts found)."""
+        kept = [s for s in sources if s.landmarks is not None]
+        self.without_landmarks = [s.sequence_id for s in sources if s.landmarks is None]
+        if self.without_landmarks:
+            log.warning(
+                "landmark training: %d of %d sequences have no landmarks and are left out (e.g. %s)",
+                len(self.without_landmarks),
+                len(sources),
+                self.without_landmarks[0],
+            )
+        if not kept:
+            raise ValueError(
+                "ClipDataset: landmarks are needed (expression_mode = 'landmarks') but no manifest row has any; "
+                "render with a datagen that writes manifest schema 1.1 landmarks, or add them to the rows"
+            )
+        layouts: dict[tuple[str, int], str] = {}
+        for source in kept:
+            layouts.setdefault((source.landmark_layout, source.num_landmarks), source.sequence_id)
+        if len(layouts) > 1:
+            found = ", ".join(f"{name!r} with {k} points (e.g. {seq})" for (name, k), seq in sorted(layouts.items()))
+            raise ValueError(f"ClipDataset: rows have different landmark layouts: {found}; train on one layout")
+        self.landmark_layout = next(iter(layouts))
+        return kept
 
     def _build(self) -> None:
         frames, stride = self.config.frames, self.config.stride
@@ -304,8 +359,13 @@ class ClipDataset(torch.utils.data.Dataset):
         """(source, frame) of clip `index`'s reference: a pure function of (config.seed, index)."""
         source, start = self.clips[index]
         rng = np.random.default_rng([self.config.seed, index])
-        if self.config.reference == "other_sequence":
-            others = [s for s in self._by_identity[source.identity] if s.sequence_id != source.sequence_id]
+        if self.config.reference == "other_sequence" and source.world_frame is not None:
+            # Only rows in the clip's world frame: the clip's cameras are made relative to the reference's camera.
+            others = [
+                s
+                for s in self._by_identity[source.identity]
+                if s.sequence_id != source.sequence_id and s.world_frame == source.world_frame
+            ]
             if others:
                 other = others[int(rng.integers(len(others)))]
                 return other, int(rng.integers(other.num_frames))
@@ -325,6 +385,46 @@ class ClipDataset(torch.utils.data.Dataset):
             self.broken.record(self.clips[index].source.sequence_id, f"{type(err).__name__}: {err}")
             return None
 
+    def conditions(self, index: int) -> dict[str, Any]:
+        """Everything of item `index` but its pixels: cameras, ray features, codes, landmarks, ids (no decoding)."""
+        cfg = self.config
+        source, start = self.clips[index]
+        ref_source, ref_frame = self.reference_for(index)
+        window = slice(start, start + cfg.frames)
+        size = (source.height, source.width)
+        K = torch.from_numpy(adjust_intrinsics(source.K[window], *size, cfg.height, cfg.width))
+        c2w = viewmat_to_c2w(torch.from_numpy(np.ascontiguousarray(source.viewmat[window])))
+        # The reference frame's own recorded camera and intrinsics (its row may have another image size).
+        ref_size = (ref_source.height, ref_source.width)
+        reference_K = torch.from_numpy(adjust_intrinsics(ref_source.K[ref_frame], *ref_size, cfg.height, cfg.width))
+        reference_c2w = viewmat_to_c2w(torch.from_numpy(np.ascontiguousarray(ref_source.viewmat[ref_frame])))
+        ray_features, reference_rays = camera_features(
+            K, c2w, cfg.height, cfg.width, reference_c2w=reference_c2w, reference_K=reference_K
+        )
+        item: dict[str, Any] = {
+            "ray_features": ray_features,  # [1536, F, H/8, W/8]
+            "reference_rays": reference_rays,  # [1536, 1, H/8, W/8]
+            "K": K,  # [T, 3, 3]
+            "c2w": c2w,  # [T, 4, 4]
+            "reference_K": reference_K,  # [3, 3]
+            "reference_c2w": reference_c2w,  # [4, 4]
+            "expression": torch.from_numpy(np.ascontiguousarray(source.expression[window])),
+            "head_pose": torch.from_numpy(np.ascontiguousarray(source.head_pose[window])),
+        }
+        if cfg.landmarks:
+            points = adjust_points(source.landmarks[window], *size, cfg.height, cfg.width)
+            item["landmarks"] = torch.from_numpy(points)  # [T, K, 2] pixels of the H x W frame
+            item["landmark_visible"] = torch.from_numpy(np.ascontiguousarray(source.landmark_visible[window]))
+        item.update(
+            dataset=source.dataset,
+            sequence_id=source.sequence_id,
+            reference_sequence_id=ref_source.sequence_id,
+            start=start,
+            reference_frame=ref_frame,
+            index=index,
+        )
+        return item
+
     def load(self, index: int) -> dict[str, Any]:
         """Item `index`; raises on broken data (what `__getitem__` turns into None)."""
         cfg = self.config
@@ -342,28 +442,13 @@ class ClipDataset(torch.utils.data.Dataset):
             reference = resize_crop_frames(ref, cfg.height, cfg.width)  # [3, 1, H, W]
         if source.normal_path is not None:
             normals = resize_crop_frames(decode_frames(source.normal_path, clip, size), cfg.height, cfg.width)
-        else:
-            normals = torch.zeros_like(video)
-
-        K = torch.from_numpy(adjust_intrinsics(source.K[start : start + cfg.frames], *size, cfg.height, cfg.width))
-        c2w = viewmat_to_c2w(torch.from_numpy(np.ascontiguousarray(source.viewmat[start : start + cfg.frames])))
-        ray_features, reference_rays = camera_features(K, c2w, cfg.height, cfg.width)
+        else:  # no normal video: "no surface" everywhere (black), not n = 0 (mid-grey)
+            normals = no_surface_normals(3, cfg.frames, height=cfg.height, width=cfg.width)
         return {
             "video": video.contiguous(),  # [3, T, H, W]
             "normals": normals.contiguous(),  # [3, T, H, W]
             "reference": reference.contiguous(),  # [3, 1, H, W]
-            "ray_features": ray_features,  # [1536, F, H/8, W/8]
-            "reference_rays": reference_rays,  # [1536, 1, H/8, W/8]
-            "K": K,  # [T, 3, 3]
-            "c2w": c2w,  # [T, 4, 4]
-            "expression": torch.from_numpy(np.ascontiguousarray(source.expression[start : start + cfg.frames])),
-            "head_pose": torch.from_numpy(np.ascontiguousarray(source.head_pose[start : start + cfg.frames])),
-            "dataset": source.dataset,
-            "sequence_id": source.sequence_id,
-            "reference_sequence_id": ref_source.sequence_id,
-            "start": start,
-            "reference_frame": ref_frame,
-            "index": index,
+            **self.conditions(index),
         }
 
 

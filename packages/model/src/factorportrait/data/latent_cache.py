@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-FORMAT = "factorportrait-latent-cache/1"
+# 2: rows without a normal video are encoded as black "no surface" frames (1 encoded mid-grey ones).
+FORMAT = "factorportrait-latent-cache/2"
 LATENT_KEYS = ("latents", "normal_latents", "reference_latent")
 
 
@@ -40,7 +41,10 @@ class LatentCache:
             )
         index = json.loads(index_path.read_text())
         if index.get("format") != FORMAT:
-            raise ValueError(f"{index_path}: format {index.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(
+                f"{index_path}: format {index.get('format')!r}, expected {FORMAT!r}; rebuild the cache with "
+                "model-cache-latents into a new folder"
+            )
         self.entries: dict[str, list] = index["entries"]
 
     def __contains__(self, key: str) -> bool:
@@ -76,6 +80,8 @@ def build_latent_cache(
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {"format": FORMAT, "entries": {}}
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{index_path}: format {index.get('format')!r}, expected {FORMAT!r}; use a new folder")
     entries: dict[str, list] = index["entries"]
     shard_id = len({shard for shard, _ in entries.values()})
     pending: dict[str, torch.Tensor] = {}
@@ -162,13 +168,11 @@ class CachedClipDataset(torch.utils.data.Dataset):
     def broken(self):
         return self.dataset.broken
 
+    @property
+    def landmark_layout(self):
+        return self.dataset.landmark_layout
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        import numpy as np
-
-        from ..cameras import viewmat_to_c2w
-        from ..conditions import camera_features
-        from .clips import adjust_intrinsics
-
         cfg = self.config
         source, start = self.dataset.clips[index]
         ref_source, ref_frame = self.dataset.reference_for(index)
@@ -177,22 +181,4 @@ class CachedClipDataset(torch.utils.data.Dataset):
         )
         if latents is None:
             return self.dataset[index]
-        window = slice(start, start + cfg.frames)
-        K = torch.from_numpy(adjust_intrinsics(source.K[window], source.height, source.width, cfg.height, cfg.width))
-        c2w = viewmat_to_c2w(torch.from_numpy(np.ascontiguousarray(source.viewmat[window])))
-        ray_features, reference_rays = camera_features(K, c2w, cfg.height, cfg.width)
-        return {
-            **latents,
-            "ray_features": ray_features,
-            "reference_rays": reference_rays,
-            "K": K,
-            "c2w": c2w,
-            "expression": torch.from_numpy(np.ascontiguousarray(source.expression[window])),
-            "head_pose": torch.from_numpy(np.ascontiguousarray(source.head_pose[window])),
-            "dataset": source.dataset,
-            "sequence_id": source.sequence_id,
-            "reference_sequence_id": ref_source.sequence_id,
-            "start": start,
-            "reference_frame": ref_frame,
-            "index": index,
-        }
+        return {**latents, **self.dataset.conditions(index)}

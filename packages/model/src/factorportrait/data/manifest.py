@@ -7,6 +7,12 @@ finished sequence, before consolidation; hidden temporary files are skipped). Pa
 Versioning: the version MAJOR.MINOR sits in the schema metadata (key `factorportrait.manifest_version`) and in the
 `schema_version` column. This reader reads major version 1 (any minor: minors only add columns) and rejects a
 missing version or any other major, naming the file and the version, rather than guess.
+
+Schema 1.1 adds `world_frame` (rows of one identity with equal non-null values share a world frame, so a training
+reference may come from another of those rows) and landmarks (`num_landmarks`, `landmark_layout`, `landmarks`
+[T][2K] pixels, `landmark_visible` [T][K]). A 1.0 file reads as 1.1 does in datagen: `world_frame` = identity for
+`source == "synthetic"` rows (the generator always rendered an identity in its avatar's canonical frame), else
+null; no landmarks.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ _SCALAR_COLUMNS = (
     "expression_dim",
 )
 _COLUMNS = (*_SCALAR_COLUMNS, "K", "viewmat", "expression", "head_pose")
+# Columns read when present: `source` (1.0 and 1.1, used for the 1.0 world_frame default) and the 1.1 additions.
+_OPTIONAL_SCALARS = ("source", "world_frame", "num_landmarks", "landmark_layout")
+_OPTIONAL_COLUMNS = (*_OPTIONAL_SCALARS, "landmarks", "landmark_visible")
 _MAX_LOGGED = 5
 
 
@@ -72,6 +81,14 @@ class ClipSource:
     viewmat: np.ndarray  # [T, 4, 4] float32, world-to-camera, OpenCV axes
     expression: np.ndarray  # [T, D] float32
     head_pose: np.ndarray  # [T, 6] float32, axis-angle (rad) + translation (m)
+    world_frame: str | None = None  # rows of one identity with equal non-null world_frame share a world frame
+    landmark_layout: str | None = None  # e.g. "ibug68"; None when the row has no landmarks
+    landmarks: np.ndarray | None = None  # [T, K, 2] float32 pixels (u, v) in the stored frames' grid
+    landmark_visible: np.ndarray | None = None  # [T, K] bool
+
+    @property
+    def num_landmarks(self) -> int:
+        return 0 if self.landmarks is None else int(self.landmarks.shape[1])
 
     def __repr__(self) -> str:  # the default repr would print every per-frame array
         return (
@@ -123,7 +140,7 @@ def _read_table(path: Path) -> pa.Table:
     missing = [name for name in _COLUMNS if name not in table.column_names]
     if missing:
         raise ManifestReadError(f"{path}: missing columns {missing}")
-    return table.select(list(_COLUMNS))
+    return table.select([*_COLUMNS, *(name for name in _OPTIONAL_COLUMNS if name in table.column_names)])
 
 
 def _manifest_tables(root: Path) -> list[tuple[Path, pa.Table]]:
@@ -199,6 +216,14 @@ def read_manifest_rows(
             continue
         plain = {name: table.column(name).to_pylist() for name in _SCALAR_COLUMNS}
         rows = table.num_rows
+        for name in _OPTIONAL_SCALARS:
+            plain[name] = table.column(name).to_pylist() if name in table.column_names else [None] * rows
+        if "world_frame" not in table.column_names:  # schema 1.0: one world frame per synthetic identity
+            plain["world_frame"] = [
+                ident if src == "synthetic" else None
+                for ident, src in zip(plain["identity"], plain["source"], strict=True)
+            ]
+        marks = _landmark_arrays(table, plain["num_landmarks"])
         dims = np.array([d if d is not None else -1 for d in plain["expression_dim"]], np.int64)
         per_frame = {
             "K": _split_per_frame(table.column("K"), np.full(rows, 9)),
@@ -208,7 +233,9 @@ def read_manifest_rows(
         }
         for i in range(rows):
             seq = plain["sequence_id"][i]
-            why = _row_problem(plain, per_frame, i)
+            why = _row_problem(plain, per_frame, i) or marks[i][3]
+            if why is None and marks[i][1] is not None and marks[i][1].shape[0] != plain["num_frames"][i]:
+                why = f"column 'landmarks' has {marks[i][1].shape[0]} frames, num_frames says {plain['num_frames'][i]}"
             if why is not None:
                 skipped.append(f"{seq}: {why} ({path.name})")
                 continue
@@ -230,6 +257,10 @@ def read_manifest_rows(
                     viewmat=per_frame["viewmat"][i].reshape(-1, 4, 4),
                     expression=per_frame["expression"][i],
                     head_pose=per_frame["head_pose"][i],
+                    world_frame=plain["world_frame"][i],
+                    landmark_layout=marks[i][0],
+                    landmarks=marks[i][1],
+                    landmark_visible=marks[i][2],
                 )
             )
     for message in skipped[:_MAX_LOGGED]:
@@ -258,3 +289,42 @@ def _row_problem(plain: dict[str, list], per_frame: dict[str, list], i: int) -> 
         if value.shape[0] != num_frames:
             return f"column {name!r} has {value.shape[0]} frames, num_frames says {num_frames}"
     return None
+
+
+_Landmarks = tuple[str | None, np.ndarray | None, np.ndarray | None, str | None]
+_NO_LANDMARKS: _Landmarks = (None, None, None, None)
+
+
+def _landmark_arrays(table: pa.Table, num_landmarks: list[int | None]) -> list[_Landmarks]:
+    """Per row: (layout, landmarks [T, K, 2], visible [T, K] bool, problem or None); all None without landmarks."""
+    rows = table.num_rows
+    counts = np.array([k if k is not None else 0 for k in num_landmarks], np.int64)
+    if "landmarks" not in table.column_names or not counts.any():
+        return [_NO_LANDMARKS] * rows
+    layouts = table.column("landmark_layout").to_pylist() if "landmark_layout" in table.column_names else [None] * rows
+    points = _split_per_frame(table.column("landmarks"), 2 * counts)
+    if "landmark_visible" in table.column_names:
+        flags = _split_per_frame(table.column("landmark_visible").cast(pa.list_(pa.list_(pa.float32()))), counts)
+    else:
+        flags = ["is null"] * rows
+
+    def one(i: int) -> _Landmarks:
+        k = int(counts[i])
+        if k == 0:
+            return _NO_LANDMARKS
+        if k < 0:
+            return None, None, None, f"num_landmarks is {k}"
+        if not layouts[i]:
+            return None, None, None, f"num_landmarks is {k} but landmark_layout is null"
+        if isinstance(points[i], str):
+            return None, None, None, f"column 'landmarks' {points[i]}"
+        xy = points[i].reshape(-1, k, 2)
+        if isinstance(flags[i], str):
+            if flags[i] != "is null":
+                return None, None, None, f"column 'landmark_visible' {flags[i]}"
+            return layouts[i], xy, np.ones(xy.shape[:2], bool), None  # no flags: every point counts as visible
+        if flags[i].shape[0] != xy.shape[0]:
+            return None, None, None, f"'landmark_visible' has {flags[i].shape[0]} frames, 'landmarks' {xy.shape[0]}"
+        return layouts[i], xy, flags[i] > 0.5, None
+
+    return [one(i) for i in range(rows)]

@@ -1,4 +1,5 @@
-"""Driving signals: per-frame expression codes and head poses, from a manifest sequence, a file, or a video."""
+"""Driving signals: per-frame expression codes and head poses (and 2D landmarks for C3 models), from a manifest
+sequence, a file, or a video."""
 
 from __future__ import annotations
 
@@ -14,9 +15,56 @@ class DrivingSignal:
     head_poses: np.ndarray  # [T, 6] axis-angle (rad) + translation (m), avatar canonical frame
     source: dict = field(default_factory=dict)
     codes_in_avatar_space: bool = True  # False for encoder codes: the guide mesh then keeps a neutral expression
+    landmarks: np.ndarray | None = None  # [T, K, 2] float32 pixels (u, v) of frames of landmark_size
+    landmark_visible: np.ndarray | None = None  # [T, K] bool
+    landmark_layout: str | None = None  # e.g. "ibug68"; None: unknown (only the point count is checked)
+    landmark_size: tuple[int, int] | None = None  # (height, width) of the pixel grid of `landmarks`
 
     def __len__(self) -> int:
         return self.codes.shape[0]
+
+    def landmarks_at(self, height: int, width: int) -> np.ndarray | None:  # [T, K, 2]
+        """The landmarks in the pixel grid of height x width generated frames, cropped / resized as training does."""
+        if self.landmarks is None:
+            return None
+        from ..data.clips import adjust_points
+
+        src_h, src_w = self.landmark_size or (height, width)
+        return adjust_points(self.landmarks, src_h, src_w, height, width)
+
+    def frozen(self, frames: int) -> DrivingSignal:
+        """The first frame held for `frames` frames (static face)."""
+
+        def hold(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else np.repeat(x[:1], frames, 0)
+
+        return DrivingSignal(
+            hold(self.codes),
+            hold(self.head_poses),
+            {**self.source, "frozen": True},
+            self.codes_in_avatar_space,
+            hold(self.landmarks),
+            hold(self.landmark_visible),
+            self.landmark_layout,
+            self.landmark_size,
+        )
+
+    def truncated(self, frames: int) -> DrivingSignal:
+        """The first `frames` frames."""
+
+        def cut(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x[:frames]
+
+        return DrivingSignal(
+            self.codes[:frames],
+            self.head_poses[:frames],
+            self.source,
+            self.codes_in_avatar_space,
+            cut(self.landmarks),
+            cut(self.landmark_visible),
+            self.landmark_layout,
+            self.landmark_size,
+        )
 
 
 def load_driving(spec: str, expression_encoder: str | None = None) -> DrivingSignal:
@@ -47,6 +95,62 @@ def _from_manifest(root: str, sequence_id: str) -> DrivingSignal:
         row.expression.astype(np.float32),
         row.head_pose.astype(np.float32),
         {"kind": "manifest", "root": str(root), "sequence_id": sequence_id},
+        landmarks=row.landmarks,
+        landmark_visible=row.landmark_visible,
+        landmark_layout=row.landmark_layout,
+        landmark_size=(row.height, row.width) if row.landmarks is not None else None,
+    )
+
+
+def load_landmarks(spec: str) -> DrivingSignal:
+    """Landmarks only: `ROOT::SEQUENCE_ID` (a manifest row with landmarks) or a .npz with `landmarks` [T, K, 2]
+    (pixels), optional `landmark_visible` [T, K], `landmark_layout` (str) and `width` / `height` of their pixel
+    grid (default: the generated frames'). The codes and poses of the returned signal are empty placeholders."""
+    if "::" in spec:
+        signal = load_driving(spec)
+        if signal.landmarks is None:
+            raise ValueError(f"{spec}: this manifest row has no landmarks (num_landmarks = 0)")
+        return signal
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"landmark file '{spec}' does not exist (a .npz with landmarks [T, K, 2])")
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: landmark files are .npz with landmarks [T, K, 2]")
+    signal = _landmarks_from_npz(path, dict(np.load(path)), required=True)
+    return signal
+
+
+def _landmarks_from_npz(path: Path, data: dict, required: bool) -> DrivingSignal:
+    """A DrivingSignal carrying only the landmark fields of an .npz (codes [T, 0], neutral poses)."""
+    if "landmarks" not in data:
+        if required:
+            raise ValueError(f"{path}: field 'landmarks' [T, K, 2] is missing")
+        return DrivingSignal(np.zeros((0, 0), np.float32), np.zeros((0, 6), np.float32))
+    points = np.asarray(data["landmarks"], np.float32)
+    if points.ndim != 3 or points.shape[2] != 2 or not np.isfinite(points).all():
+        raise ValueError(f"{path}: field 'landmarks' must be finite [T, K, 2] pixels, got shape {list(points.shape)}")
+    visible = None
+    if "landmark_visible" in data:
+        visible = np.asarray(data["landmark_visible"]).astype(bool)
+        if visible.shape != points.shape[:2]:
+            raise ValueError(
+                f"{path}: field 'landmark_visible' must be [T, K] = {list(points.shape[:2])}, got {list(visible.shape)}"
+            )
+    layout = str(data["landmark_layout"]) if "landmark_layout" in data else None
+    size = None
+    if "width" in data or "height" in data:
+        if not ("width" in data and "height" in data):
+            raise ValueError(f"{path}: give both 'width' and 'height' of the landmarks' pixel grid, or neither")
+        size = (int(data["height"]), int(data["width"]))
+    t = points.shape[0]
+    return DrivingSignal(
+        np.zeros((t, 0), np.float32),
+        np.zeros((t, 6), np.float32),
+        {"kind": "landmarks", "path": str(path)},
+        landmarks=points,
+        landmark_visible=visible,
+        landmark_layout=layout,
+        landmark_size=size,
     )
 
 
@@ -65,7 +169,18 @@ def _from_file(path: Path) -> DrivingSignal:
         raise ValueError(f"{path}: expression must be [T, D] and head_pose [T, 6], got {codes.shape}, {poses.shape}")
     if not (np.isfinite(codes).all() and np.isfinite(poses).all()):
         raise ValueError(f"{path}: expression and head_pose must be finite")
-    return DrivingSignal(codes, poses, {"kind": "file", "path": str(path)})
+    marks = _landmarks_from_npz(path, data, required=False)
+    if marks.landmarks is not None and marks.landmarks.shape[0] != codes.shape[0]:
+        raise ValueError(f"{path}: landmarks cover {marks.landmarks.shape[0]} frames, expression {codes.shape[0]}")
+    return DrivingSignal(
+        codes,
+        poses,
+        {"kind": "file", "path": str(path)},
+        landmarks=marks.landmarks,
+        landmark_visible=marks.landmark_visible,
+        landmark_layout=marks.landmark_layout,
+        landmark_size=marks.landmark_size,
+    )
 
 
 def _from_video(path: Path, encoder_path: str | None) -> DrivingSignal:
