@@ -46,7 +46,7 @@ def camera_features(
     return features.contiguous(), reference.to(features).contiguous()  # reference: [1536, 1, h, w]
 
 
-def no_surface_normals(*leading: int, height: int, width: int) -> Tensor:  # -> [*leading, 3, T, H, W] etc.
+def no_surface_normals(*leading: int, height: int, width: int) -> Tensor:  # [*leading, H, W], e.g. [3, T, H, W]
     """A normal-map tensor in [-1, 1] that shows no surface anywhere (all black): shape [*leading, H, W]."""
     return torch.full((*leading, height, width), NO_SURFACE)
 

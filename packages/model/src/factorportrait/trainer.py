@@ -281,7 +281,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         cleanup_partial(out / "checkpoints")
 
-    # 1. build (the data first: a C3 model takes its landmark layout from it)
+    # 1. build (the data before the model: a C3 model takes its landmark layout from it; but a missing
+    # starting point is the first thing to report)
+    resolve_init(config)
     dataset, sampler, collate = build_data(config, rank, world)
     model = build_model(config, getattr(dataset, "landmark_layout", None))
     vae = build_vae(config).to(device)

@@ -116,8 +116,7 @@ def load_landmarks(spec: str) -> DrivingSignal:
         raise FileNotFoundError(f"landmark file '{spec}' does not exist (a .npz with landmarks [T, K, 2])")
     if path.suffix != ".npz":
         raise ValueError(f"{path}: landmark files are .npz with landmarks [T, K, 2]")
-    signal = _landmarks_from_npz(path, dict(np.load(path)), required=True)
-    return signal
+    return _landmarks_from_npz(path, dict(np.load(path)), required=True)
 
 
 def _landmarks_from_npz(path: Path, data: dict, required: bool) -> DrivingSignal:
