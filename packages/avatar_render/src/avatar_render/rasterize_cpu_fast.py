@@ -290,7 +290,10 @@ def _composite_camera_numba(
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         consts = np.array([0.5, 1.0, ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS], dtype=np_dtype)
         centres = (np.arange(max(width, height)) + 0.5).astype(np_dtype)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        # Small frames are dominated by the set-up above, and a parallel launch on a busy machine costs more
+        # than it saves: one thread below ~128 x 128 px (the image does not depend on the count).
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, width * height // 16384)
+        numba.set_num_threads(max(1, threads))
         kernel(
             offsets,
             ids,
