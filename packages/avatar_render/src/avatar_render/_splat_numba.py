@@ -8,6 +8,8 @@ result does not depend on the thread count.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -91,3 +93,32 @@ def bin_to_tiles(
                 ids[fill[t]] = g
                 fill[t] += 1
     return offsets, ids
+
+
+@numba.njit(cache=True, nogil=True)
+def pixel_boxes(
+    means2d: np.ndarray,  # [V, 2] input dtype
+    radii: np.ndarray,  # [V, 2] int32
+    tile_size: int,
+    width: int,
+    height: int,
+) -> np.ndarray:  # [V, 4] int64 x0, y0, x1, y1: the same boxes as rasterize_cpu_fast._pixel_boxes
+    """Serial twin of `_pixel_boxes` (radius box clipped to the gsplat tile rectangle and the image)."""
+    v = means2d.shape[0]
+    out = np.empty((v, 4), dtype=np.int64)
+    ts32 = np.float32(tile_size)
+    limit = (math.ceil(width / tile_size), math.ceil(height / tile_size))
+    size = (width, height)
+    for i in range(v):
+        for ax in range(2):
+            m32 = np.float32(means2d[i, ax]) / ts32
+            r32 = np.float32(radii[i, ax]) / ts32
+            tlo = min(max(np.floor(m32 - r32), np.float32(0.0)), np.float32(limit[ax]))
+            thi = min(max(np.ceil(m32 + r32), np.float32(0.0)), np.float32(limit[ax]))
+            md = np.float64(means2d[i, ax])
+            rd = np.float64(radii[i, ax]) + 1e-3
+            lo = max(int(math.ceil(md - rd - 0.5)), int(tlo) * tile_size, 0)
+            hi = min(int(math.floor(md + rd - 0.5)) + 1, int(thi) * tile_size, size[ax])
+            out[i, ax] = lo
+            out[i, ax + 2] = hi
+    return out

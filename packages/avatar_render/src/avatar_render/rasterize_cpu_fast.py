@@ -252,42 +252,52 @@ ENGINES = ("auto", "numba", "torch")
 
 def _numba_kernel():  # noqa: ANN202 - (bin_to_tiles, composite_tiles) numba dispatchers, or None without numba
     try:
-        from ._splat_numba import bin_to_tiles, composite_tiles
+        from ._splat_numba import bin_to_tiles, composite_tiles, pixel_boxes
     except Exception:  # not installed, or unusable here (e.g. no writable cache location): use PyTorch
         return None
-    return bin_to_tiles, composite_tiles
+    return bin_to_tiles, composite_tiles, pixel_boxes
 
 
 def _composite_camera_numba(
-    kernel,  # noqa: ANN001
-    means2d: Tensor,  # [V, 2] depth-sorted visible Gaussians of one camera
-    conics: Tensor,  # [V, 3]
-    colors: Tensor,  # [V, D]
-    opacities: Tensor,  # [V]
-    lo: Tensor,  # [V, 2] pixel boxes
-    hi: Tensor,  # [V, 2]
+    kernels,  # noqa: ANN001 - (bin_to_tiles, composite_tiles, pixel_boxes)
+    means2d: Tensor,  # [N, 2] one camera, all Gaussians
+    conics: Tensor,  # [N, 3]
+    colors: Tensor,  # [N, D]
+    opacities: Tensor,  # [N]
+    radii: Tensor,  # [N, 2] int, 0 = culled
+    depths: Tensor,  # [N]
     width: int,
     height: int,
+    tile_size: int,
 ) -> tuple[Tensor, Tensor]:  # sum of weight * colour [H * W, D] float64, sum of weights [H * W] float64
+    """The compiled engine. Set-up is in numpy / serial numba too: on small frames it dominates, and
+    many small parallel torch ops are what suffers most on a busy machine."""
     import numba
     import numpy as np
 
-    bin_tiles, kernel = kernel
+    bin_tiles, kernel, pixel_boxes = kernels
     d = colors.shape[1]
     out = np.zeros((width * height, d + 1), dtype=np.float64)
-    keep = ((hi > lo).all(dim=1)).nonzero().squeeze(1)  # depth order
-    if keep.numel() > 0:
-        lo, hi = lo.index_select(0, keep), hi.index_select(0, keep)
-        boxes = torch.cat([lo, hi], dim=1).numpy()
+    np_dtype = np.float32 if means2d.dtype == torch.float32 else np.float64
+    r = radii.numpy()
+    vis = np.flatnonzero((r[:, 0] > 0) & (r[:, 1] > 0))
+    order = vis[np.argsort(depths.numpy()[vis], kind="stable")]  # stable: ties keep index order
+    m2 = means2d.numpy()[order]
+    boxes = pixel_boxes(m2, np.ascontiguousarray(r[order]), int(tile_size), width, height)
+    keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))  # depth order
+    if keep.size > 0:
+        boxes = np.ascontiguousarray(boxes[keep])
+        ids_g = order[keep]
         # Work-unit tile from the typical box: small tiles keep each pixel's candidate list short, large
         # ones keep the (Gaussian, tile) lists short when Gaussians span many pixels. Same image either way.
-        side = float((hi - lo).max(dim=1).values.float().median())
+        side = float(np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
         ts = 4 if side <= 8 else 8 if side <= 24 else 16
         tiles_w, tiles_h = math.ceil(width / ts), math.ceil(height / ts)
         offsets, ids = bin_tiles(boxes, ts, tiles_w, tiles_h)
-        dtype = means2d.dtype
-        feats = torch.cat([means2d, conics, opacities[:, None]], dim=1).index_select(0, keep)
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        feats = np.empty((keep.size, 6), dtype=np_dtype)
+        feats[:, :2] = m2[keep]
+        feats[:, 2:5] = conics.numpy()[ids_g]
+        feats[:, 5] = opacities.numpy()[ids_g]
         consts = np.array([0.5, 1.0, ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS], dtype=np_dtype)
         centres = (np.arange(max(width, height)) + 0.5).astype(np_dtype)
         # Small frames are dominated by the set-up above, and a parallel launch on a busy machine costs more
@@ -297,9 +307,9 @@ def _composite_camera_numba(
         kernel(
             offsets,
             ids,
-            np.ascontiguousarray(feats.numpy().astype(np_dtype, copy=False)),
+            feats,
             boxes,
-            np.ascontiguousarray(colors.index_select(0, keep).double().numpy()),
+            np.ascontiguousarray(colors.numpy()[ids_g], dtype=np.float64),
             width,
             height,
             ts,
@@ -355,23 +365,29 @@ def rasterize_to_pixels_fast(
     dtype, device = means2d.dtype, means2d.device
     out_c, out_a = [], []
     for c in range(cams):
-        vis = ((radii[c, :, 0] > 0) & (radii[c, :, 1] > 0)).nonzero().squeeze(1).cpu()
-        order = vis[torch.argsort(depths[c, vis.to(device)].cpu(), stable=True)]
-        m2 = means2d[c].cpu()[order]
-        lo, hi = _pixel_boxes(m2, radii[c].cpu()[order], int(tile_size), width, height)
-        inputs = (
-            m2,
-            conics[c].cpu()[order].to(dtype),
-            colors[c].cpu()[order],
-            opacities[c].cpu()[order].to(dtype),
-            lo,
-            hi,
-            width,
-            height,
-        )
         if kernel is not None:
-            col, alpha = _composite_camera_numba(kernel, *inputs)
+            col, alpha = _composite_camera_numba(
+                kernel,
+                *(t[c].detach().cpu() for t in (means2d, conics.to(dtype), colors, opacities.to(dtype), radii, depths)),
+                width,
+                height,
+                int(tile_size),
+            )
         else:
+            vis = ((radii[c, :, 0] > 0) & (radii[c, :, 1] > 0)).nonzero().squeeze(1).cpu()
+            order = vis[torch.argsort(depths[c, vis.to(device)].cpu(), stable=True)]
+            m2 = means2d[c].cpu()[order]
+            lo, hi = _pixel_boxes(m2, radii[c].cpu()[order], int(tile_size), width, height)
+            inputs = (
+                m2,
+                conics[c].cpu()[order].to(dtype),
+                colors[c].cpu()[order],
+                opacities[c].cpu()[order].to(dtype),
+                lo,
+                hi,
+                width,
+                height,
+            )
             col, alpha = _composite_camera(*inputs, _chunk_pairs(width * height, int(max_pairs)))
         out_c.append(col.reshape(height, width, d))
         out_a.append(alpha.reshape(height, width, 1))
