@@ -7,12 +7,16 @@ Examples:
   datagen render --avatars ids.txt --mode viewsweep --sequences 4 --frames 16 --resolution 128 --workers 2 --out data/
   datagen render --avatars ids.txt --mode phonecapture --out data/         # one fixed frontal camera, dynamic face
   datagen render --avatars ids.txt --mode studiocapture --out data/        # 4 fixed cameras, one row per camera
+  datagen render --avatars ids.txt --mode viewsweep --out s3://bucket/prefix   # object storage (AWS_* environment)
   datagen validate data/                                                     # every video decodes, arrays line up
+  datagen plan --avatars ids.txt --mode both                                 # sizes and machine-hours, dry run
   datagen preview data/ --sequence demo-003/dynamicsweep/0001 --out sheet.png
   datagen plot-trajectories --mode spiral --count 8 --out spirals.png
 
 ids.txt: one avatar id per line (demo-000 ... demo-015, or NAME for NAME.avatar.safetensors under --avatar-dir);
-blank lines and # comments are ignored. A rerun skips complete sequences and redoes the rest.
+blank lines and # comments are ignored; `avatar-render list --count 802 --ids-only` writes one.
+A rerun skips complete sequences (part file, same settings, videos of the recorded size and checksum), redoes
+broken ones, and refuses sequences rendered with other settings (listing the fields) unless --force.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="render sequences of the listed avatars into videos + a Parquet manifest")
     render.add_argument("--avatars", required=True, type=Path, help="ids file: one avatar id per line")
-    render.add_argument("--out", required=True, type=Path, help="dataset root (videos/ and manifest/ go there)")
+    render.add_argument(
+        "--out",
+        required=True,
+        help="dataset root (videos/ and manifest/ go there): a folder, s3://bucket/prefix or gs://bucket/prefix "
+        "(credentials and endpoint from the standard environment, e.g. AWS_ENDPOINT_URL)",
+    )
     render.add_argument("--config", type=Path, help="TOML settings (default: configs/<mode>.toml, the paper's)")
     render.add_argument(
         "--mode",
@@ -60,10 +69,26 @@ def _build_parser() -> argparse.ArgumentParser:
         "their count changes",
     )
     render.add_argument("--studio-pitches", type=_floats, help="studiocapture: comma-separated camera pitches (deg)")
+    render.add_argument(
+        "--x264-threads", type=int, help="x264 threads per video (1, the default, keeps files bit-identical)"
+    )
+    render.add_argument("--x264-preset", help="x264 preset (config default: medium)")
+    render.add_argument(
+        "--no-overlap", action="store_true", help="encode in the render loop instead of on encoder threads"
+    )
+    render.add_argument("--force", action="store_true", help="redo sequences rendered with other settings")
+    render.add_argument(
+        "--verify",
+        choices=["checksum", "size"],
+        default="checksum",
+        help="how existing videos are checked before they are skipped (default checksum: sha256 of each; size: "
+        "sizes only, for very large datasets)",
+    )
+    render.add_argument("--profile", action="store_true", help="per-frame times of each stage in the summary")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
 
     validate = sub.add_parser("validate", help="check every manifest row's videos and per-frame arrays")
-    validate.add_argument("root", type=Path, help="dataset root")
+    validate.add_argument("root", help="dataset root: a folder, s3://... or gs://...")
     validate.add_argument("--no-decode", action="store_true", help="probe videos instead of decoding every frame")
 
     preview = sub.add_parser("preview", help="contact sheet of one sequence: frames, normals, camera path")
@@ -71,6 +96,18 @@ def _build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--sequence", required=True, help="sequence id, e.g. demo-003/dynamicsweep/0001")
     preview.add_argument("--out", required=True, type=Path, help="output PNG")
     preview.add_argument("--columns", type=int, default=6, help="frames shown (default 6)")
+
+    plan = sub.add_parser("plan", help="dry run: sequences, frames, bytes and machine-hours of a job")
+    plan.add_argument("--avatars", required=True, type=Path, help="ids file: one avatar id per line")
+    plan.add_argument("--mode", choices=["viewsweep", "dynamicsweep", "phonecapture", "studiocapture", "both"])
+    plan.add_argument("--config", type=Path, help="TOML settings (with --mode both: used for both)")
+    plan.add_argument("--sequences", type=int, help="sequences per avatar")
+    plan.add_argument("--frames", type=int, help="frames per sequence")
+    plan.add_argument("--resolution", type=int, help="square image size in pixels")
+    plan.add_argument("--avatar-dir", type=Path, help="folder of NAME.avatar.safetensors files")
+    plan.add_argument("--rates", type=Path, help="measured rates (default: the package's configs/rates.json)")
+    plan.add_argument("--hardware", help="profile in the rates file (default: the first; see --list-hardware)")
+    plan.add_argument("--tasks-per-machine", type=float, default=1.0, help="render tasks run at once per machine")
 
     plot = sub.add_parser("plot-trajectories", help="plot sampled camera trajectories around the head")
     plot.add_argument("--mode", choices=["spin", "spiral", "viewsweep", "dynamicsweep"], default="spin")
@@ -96,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, KeyError, OSError) as err:
         print(f"datagen: error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 
-def _load_render_config(args: argparse.Namespace):
+def _load_render_config(args: argparse.Namespace, mode: str | None = None):
     from .config import apply_overrides, load_config
 
-    mode = args.mode
+    mode = mode or args.mode
     if args.config is not None:
         config = load_config(args.config)
     else:
@@ -114,18 +151,25 @@ def _load_render_config(args: argparse.Namespace):
         "sequences": args.sequences,
         "frames": args.frames,
         "resolution": args.resolution,
-        "fps": args.fps,
-        "seed": args.seed,
-        "workers": args.workers,
-        "ray_address": args.ray_address,
-        "backend": args.backend,
+        "fps": getattr(args, "fps", None),
+        "seed": getattr(args, "seed", None),
+        "workers": getattr(args, "workers", None),
+        "ray_address": getattr(args, "ray_address", None),
+        "backend": getattr(args, "backend", None),
         "avatar_dir": str(args.avatar_dir) if args.avatar_dir else None,
-        "capture.distance_m": args.camera_distance,
-        "capture.studio_yaw_deg": args.studio_yaws,
-        "capture.studio_pitch_deg": args.studio_pitches,
+        "capture.distance_m": getattr(args, "camera_distance", None),
+        "capture.studio_yaw_deg": getattr(args, "studio_yaws", None),
+        "capture.studio_pitch_deg": getattr(args, "studio_pitches", None),
+        "video.threads": getattr(args, "x264_threads", None),
+        "video.preset": getattr(args, "x264_preset", None),
+        "video.overlap": False if getattr(args, "no_overlap", False) else None,
     }
-    yaws = args.studio_yaws
-    if yaws is not None and args.studio_pitches is None and len(yaws) != len(config.capture.studio_pitch_deg):
+    yaws = getattr(args, "studio_yaws", None)
+    if (
+        yaws is not None
+        and getattr(args, "studio_pitches", None) is None
+        and len(yaws) != len(config.capture.studio_pitch_deg)
+    ):
         overrides["capture.studio_pitch_deg"] = (0.0,) * len(yaws)
     return apply_overrides(config, overrides)
 
@@ -144,9 +188,59 @@ def _render(args: argparse.Namespace) -> int:
         f"{'in-process' if config.workers == 0 and not config.ray_address else 'Ray'} -> {args.out}",
         file=sys.stderr,
     )
-    summary = run(config, avatar_ids, args.out, progress=not args.quiet)
+    summary = run(
+        config,
+        avatar_ids,
+        args.out,
+        progress=not args.quiet,
+        force=args.force,
+        verify=args.verify,
+        profile=args.profile,
+    )
     print(summary.format())
     return 1 if summary.failed else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .avatars import read_avatar_ids, resolve_avatar
+    from .sizing import HEADER, estimate_job, load_rates, task_memory_bytes
+
+    avatar_ids = read_avatar_ids(args.avatars)
+    for avatar_id in avatar_ids:
+        resolve_avatar(avatar_id, args.avatar_dir)
+    rates = load_rates(args.rates)
+    name = args.hardware or next(iter(rates))
+    if name not in rates:
+        raise ValueError(f"--hardware {name!r}: the rates file has {', '.join(rates)}")
+    profile = rates[name]
+    modes = ["viewsweep", "dynamicsweep"] if args.mode == "both" else [args.mode]
+    estimates = []
+    for mode in modes:
+        config = _load_render_config(args, mode=mode)
+        estimates.append((config, estimate_job(config, len(avatar_ids), profile, args.tasks_per_machine)))
+    print(
+        f"rates '{name}': {profile.get('description', '')} at {profile['resolution']} px per task: render "
+        f"{profile['render_fps']:.1f}, encode {profile['encode_fps']:.1f}, end to end {profile['end_to_end_fps']:.1f} "
+        f"frames/s (scaled by pixel count); {args.tasks_per_machine:g} tasks per machine"
+    )
+    print(HEADER)
+    for _, estimate in estimates:
+        print(estimate.row())
+    if len(estimates) > 1:
+        total = estimates[0][1]
+        for _, e in estimates[1:]:
+            total = type(total)(
+                "total", total.avatars, total.sequences + e.sequences, total.frames + e.frames, total.bytes + e.bytes,
+                total.render_hours + e.render_hours, total.encode_hours + e.encode_hours,
+                total.task_hours + e.task_hours, total.machine_hours + e.machine_hours,
+            )  # fmt: skip
+        print(total.row())
+    config = estimates[0][0]
+    print(
+        f"resolution {config.resolution} px, memory per task about {task_memory_bytes(config) / 2**30:.1f} GiB; "
+        "hours are per task at the measured end-to-end rate (render h / encode h: each stage alone)"
+    )
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -185,7 +279,13 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"render": _render, "validate": _validate, "preview": _preview, "plot-trajectories": _plot}
+_COMMANDS = {
+    "render": _render,
+    "validate": _validate,
+    "plan": _plan,
+    "preview": _preview,
+    "plot-trajectories": _plot,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -589,12 +589,6 @@ def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def part_name(sequence_id: str) -> str:
     """manifest/parts/<sequence_id with '/' replaced by '__'>.parquet, relative to the root."""
     return f"{PARTS_DIR}/{sequence_id.replace('/', '__')}.parquet"
@@ -619,7 +613,7 @@ def write_part(
         table = table.replace_schema_metadata(metadata)
     if not store.remote:
         return _write_atomic(part_path(store.local_root, row.sequence_id), lambda tmp: pq.write_table(table, tmp))
-    store.write_bytes(part_name(row.sequence_id), _parquet_bytes(table))
+    store.write_table(part_name(row.sequence_id), table)
     return store.url(part_name(row.sequence_id))
 
 
@@ -657,8 +651,7 @@ def read_part(root: str | os.PathLike[str] | Storage, key: str) -> tuple[pa.Tabl
     """A part file's table (as written) and its writer's record (None for parts written before records)."""
     store = open_storage(root)
     try:
-        with store.open_input_file(key) as handle:
-            table = pq.read_table(handle)
+        table = store.read_table(key)
     except (OSError, pa.ArrowInvalid) as e:
         raise ManifestError(f"cannot read manifest part {store.url(key)}: {e}") from e
     raw = (table.schema.metadata or {}).get(RECORD_KEY.encode())
@@ -781,9 +774,11 @@ def _describe_records(records: list[dict | None], modes: list[str]) -> dict[str,
         entry["num_rows"] += 1
         entry["modes"].add(mode)
     described = [{**g, "modes": sorted(g["modes"])} for g in groups.values()]
-    out: dict[str, Any] = {"render_configs": described}
+    out: dict[str, Any] = {}
     if len(described) == 1 and not legacy:
         out["render_config"] = described[0]["config"]  # every row was rendered with these settings
+    else:
+        out["render_configs"] = described  # each distinct settings, with how many rows of which modes
     if legacy:
         out["rows_without_render_record"] = legacy
     return out
@@ -835,7 +830,7 @@ def consolidate(root: str | os.PathLike[str] | Storage, extra_info: dict[str, An
         manifest = _write_atomic(store.local(MANIFEST_NAME), lambda tmp: pq.write_table(table, tmp))
         _write_atomic(store.local(INFO_NAME), lambda tmp: tmp.write_text(info_text, "utf-8"))
         return manifest
-    store.write_bytes(MANIFEST_NAME, _parquet_bytes(table), via_temporary=True)
+    store.write_table(MANIFEST_NAME, table, via_temporary=True)
     store.write_bytes(INFO_NAME, info_text.encode(), via_temporary=True)
     return store.url(MANIFEST_NAME)
 
@@ -849,8 +844,7 @@ def read_manifest(root: str | os.PathLike[str] | Storage) -> pa.Table:
     store = open_storage(root)
     if store.remote:
         if store.size(MANIFEST_NAME) is not None:
-            with store.open_input_file(MANIFEST_NAME) as handle:
-                return _normalise(pq.read_table(handle), store.url(MANIFEST_NAME))
+            return _normalise(store.read_table(MANIFEST_NAME), store.url(MANIFEST_NAME))
         table = _read_parts(store)
         if table is None:
             raise ManifestError(f"no manifest under {store}: neither {MANIFEST_NAME} nor part files in {PARTS_DIR}/")
@@ -939,9 +933,7 @@ def _video_problems(store: Storage, name: str, relative: str, row: ManifestRow, 
     return video_problems(store.local(relative), name, relative, row, decode, where=str(store))
 
 
-def video_problems(
-    path: Path, name: str, relative: str, row: ManifestRow, decode: bool, where: str = ""
-) -> list[str]:
+def video_problems(path: Path, name: str, relative: str, row: ManifestRow, decode: bool, where: str = "") -> list[str]:
     """What is wrong with the local video `path` as `row`'s `name` video (empty: nothing)."""
     if not path.is_file():
         return [f"{name}: video {relative!r} does not exist under {where or path.parent}"]

@@ -1,66 +1,121 @@
-"""Run a render job: plan every (avatar, sequence), skip what is complete, render the rest with Ray (or in this
-process with workers=0), write manifest parts as sequences complete and consolidate the manifest at the end."""
+"""Run a render job: plan every (avatar, sequence), check what is already complete (datagen.resume), render the
+rest with Ray (or in this process with workers=0), write manifest parts as sequences complete and consolidate the
+manifest once at the end.
+
+The output is a local folder or object storage (`s3://bucket/prefix`, `gs://...`; datagen.storage). With object
+storage each task encodes its videos into a local staging folder, uploads both, and only then writes the
+sequence's part: a sequence is in the manifest only when both uploads finished.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .avatars import cached_avatar, resolve_avatar
 from .config import RenderConfig
-from .manifest import completed_sequence_ids, consolidate, write_part
+from .manifest import consolidate, part_keys, part_name, write_part
 from .plan import sequence_id
+from .resume import RECORD_VERSION, ResumeConflict, check_sequences, comparable_config, plan_key
+from .sizing import check_resources
+from .storage import Storage, file_digest, open_storage
+
+#: Local staging folder for object-storage output (default: the system's temporary folder).
+STAGE_ENV = "DATAGEN_STAGE_DIR"
+_MAX_LISTED_FAILURES = 20
 
 
 @dataclass
 class RunSummary:
     done: int = 0
     skipped: int = 0
+    redone: int = 0  # of `done`: sequences that were present but broken (or forced) and were rendered again
     failed: int = 0
     frames: int = 0
     wall_s: float = 0.0
     render_s: float = 0.0
     normals_s: float = 0.0
+    encode_s: float = 0.0
+    upload_s: float = 0.0
     other_s: float = 0.0
+    task_s: float = 0.0
     failures: list[str] = field(default_factory=list)
+    redo_reasons: list[str] = field(default_factory=list)
+    manifest: str | None = None  # where the consolidated manifest went; None when no sequence is complete
+    profile: bool = False
 
     @property
     def frames_per_s(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
 
     def format(self) -> str:
-        worked = self.render_s + self.normals_s + self.other_s
+        redone = f" ({self.redone} of them redone)" if self.redone else ""
         lines = [
-            f"sequences: {self.done} done, {self.skipped} skipped (already complete), {self.failed} failed",
+            f"sequences: {self.done} done{redone}, {self.skipped} skipped (already complete), {self.failed} failed",
             f"frames: {self.frames} in {self.wall_s:.1f} s ({self.frames_per_s:.2f} frames/s)",
         ]
-        if worked > 0:
+        if self.task_s > 0:
+            # encoding runs on its own threads beside the render loop, so the shares may add up to more than 100%
+            shares = [
+                ("splatting", self.render_s),
+                ("normal maps", self.normals_s),
+                ("encoding", self.encode_s),
+                ("upload", self.upload_s),
+                ("other", self.other_s),
+            ]
+            shown = [(name, value) for name, value in shares if value or name != "upload"]
             lines.append(
-                f"task time: splatting {100 * self.render_s / worked:.0f}%, normal maps "
-                f"{100 * self.normals_s / worked:.0f}%, posing/encoding/IO {100 * self.other_s / worked:.0f}%"
+                "task time: "
+                + ", ".join(f"{name} {100 * value / self.task_s:.0f}%" for name, value in shown)
+                + " (encoding overlaps the render loop)"
             )
-        lines += [f"FAILED {f}" for f in self.failures[:10]]
+            if self.profile and self.frames:
+                lines.append(
+                    "per frame: "
+                    + ", ".join(f"{name} {1000 * value / self.frames:.1f} ms" for name, value in shares)
+                    + f", task wall {1000 * self.task_s / self.frames:.1f} ms"
+                )
+        lines += [f"redone {r}" for r in self.redo_reasons[:_MAX_LISTED_FAILURES]]
+        if len(self.redo_reasons) > _MAX_LISTED_FAILURES:
+            lines.append(f"... and {len(self.redo_reasons) - _MAX_LISTED_FAILURES} more redone")
+        lines += [f"FAILED {f}" for f in self.failures[:_MAX_LISTED_FAILURES]]
+        if len(self.failures) > _MAX_LISTED_FAILURES:
+            lines.append(f"... and {len(self.failures) - _MAX_LISTED_FAILURES} more FAILED")
+        if self.manifest is None:
+            lines.append("manifest: not written (no sequence is complete)")
+        else:
+            lines.append(f"manifest: {self.manifest}")
         return "\n".join(lines)
 
 
-def ensure_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"output folder '{out}' is not writable ({err.strerror or err})") from err
+def ensure_writable(out: Path | str | Storage) -> None:
+    open_storage(out).check_writable()
 
 
-def is_complete(root: Path, seq_id: str, done_ids: set[str]) -> bool:
-    if seq_id not in done_ids:
-        return False
-    base = root / "videos" / seq_id  # render_sequence.video_paths
-    return Path(f"{base}_rgb.mp4").exists() and Path(f"{base}_normal.mp4").exists()
+def stage_root(store: Storage) -> Path:
+    """Local folder where tasks writing to object storage encode before uploading (one per output URI)."""
+    base = Path(os.environ.get(STAGE_ENV) or tempfile.gettempdir()) / "datagen-stage"
+    return base / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
+
+
+def make_record(config: RenderConfig, plan, avatar_spec: str, videos: dict[str, dict]) -> dict:
+    """What a part file records about how it was made (checked by datagen.resume)."""
+    from . import __version__
+
+    return {
+        "record_version": RECORD_VERSION,
+        "config": comparable_config(config),
+        "plan_key": plan_key(config, plan.avatar_id, plan.index, plan.camera),
+        "avatar": avatar_spec,
+        "videos": videos,
+        "datagen": __version__,
+    }
 
 
 def render_one(
@@ -72,41 +127,120 @@ def render_one(
     import torch
 
     from .plan import plan_sequence
-    from .render_sequence import render_sequence
+    from .render_sequence import _maybe_crash, render_sequence, video_paths
 
+    t_start = time.perf_counter()
     config = RenderConfig.from_dict(config_dict)
     torch.set_num_threads(config.torch_threads)
+    store = open_storage(root)
     avatar = cached_avatar(avatar_spec)
     plan = plan_sequence(config, avatar, index, avatar_id=avatar_id, camera=camera)
-    row, stats = render_sequence(plan, avatar, config, Path(root))
-    write_part(Path(root), row)
+    local_root = stage_root(store) if store.remote else store.local_root
+    row, stats = render_sequence(plan, avatar, config, local_root)
+    videos = {}
+    for rel in video_paths(plan):
+        path = local_root / rel
+        videos[rel] = {"bytes": path.stat().st_size, "frames": plan.num_frames, "sha256": file_digest(path)}
+    upload_s = 0.0
+    if store.remote:
+        tick = time.perf_counter()
+        for n, rel in enumerate(video_paths(plan)):
+            store.upload(local_root / rel, rel)
+            if n == 0:
+                _maybe_crash(local_root, plan, "upload")  # between the two uploads
+        write_part(store, row, make_record(config, plan, avatar_spec, videos))
+        upload_s = time.perf_counter() - tick
+        for rel in video_paths(plan):
+            (local_root / rel).unlink(missing_ok=True)
+    else:
+        write_part(store, row, make_record(config, plan, avatar_spec, videos))
     return {
         "sequence_id": plan.sequence_id,
         "frames": stats.frames,
         "render_s": stats.render_s,
         "normals_s": stats.normals_s,
+        "encode_s": stats.encode_s,
+        "upload_s": upload_s,
         "other_s": stats.other_s,
+        "task_s": time.perf_counter() - t_start,
     }
 
 
-def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: bool = True) -> RunSummary:
-    """Render `config.sequences` sequences for each avatar into `out`; returns what happened."""
+def _prune_empty_dirs(top: Path) -> None:
+    """Removes empty folders under (and including) `top`, so failed sequences leave no empty tree behind.
+
+    Only the driver calls it, after every task has finished (a worker pruning could race another's mkdir)."""
+    if not top.is_dir():
+        return
+    folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for folder in [*folders, top]:
+        with contextlib.suppress(OSError):  # not empty
+            folder.rmdir()
+
+
+def _job_keys(config: RenderConfig, avatar_ids: list[str]) -> list[tuple[str, int, int | None]]:
+    cameras = [None] if config.mode != "studiocapture" else list(range(config.num_cameras))
+    return [(a, i, c) for a in avatar_ids for i in range(config.sequences) for c in cameras]
+
+
+def _conflict_message(store: Storage, mismatched: dict) -> str:
+    fields: dict[str, int] = {}
+    for check in mismatched.values():
+        for difference in check.differences:
+            fields[difference] = fields.get(difference, 0) + 1
+    listed = "\n".join(f"  {d}  ({n} sequence{'s' if n > 1 else ''})" for d, n in sorted(fields.items()))
+    first = sorted(mismatched)[:3]
+    return (
+        f"{len(mismatched)} sequence{'s' if len(mismatched) > 1 else ''} of this job under {store} "
+        f"{'were' if len(mismatched) > 1 else 'was'} rendered with other settings (e.g. {', '.join(first)}); "
+        f"recorded -> this job:\n{listed}\n"
+        "rerun with the same settings to resume, with --force to redo them with these settings, "
+        "or choose another --out"
+    )
+
+
+def run(
+    config: RenderConfig,
+    avatar_ids: list[str],
+    out: str | Path,
+    progress: bool = True,
+    force: bool = False,
+    verify: str = "checksum",
+    profile: bool = False,
+) -> RunSummary:
+    """Render `config.sequences` sequences for each avatar into `out` (a folder or an s3:// / gs:// URI).
+
+    Complete sequences are skipped, broken ones redone; sequences made with other settings make the job refuse
+    (ResumeConflict) before anything is written, unless `force`. `verify`: "checksum" (sha256 of every existing
+    video) or "size" (sizes only: fast on huge datasets). Returns what happened."""
     from tqdm import tqdm
 
-    root = Path(out)
+    store = open_storage(out)
     specs = {avatar_id: resolve_avatar(avatar_id, config.avatar_dir) for avatar_id in avatar_ids}
-    ensure_writable(root)
-    summary = RunSummary()
-    done_ids = completed_sequence_ids(root)
+    check_resources(config)
+    keys = _job_keys(config, avatar_ids)
+    created_root = not store.remote and not store.local_root.exists()
+    checks = check_sequences(store, config, keys, verify=verify)  # reads only
+    mismatched = {sid: c for sid, c in checks.items() if c.state == "mismatch"}
+    if mismatched and not force:
+        raise ResumeConflict(_conflict_message(store, mismatched))
+    store.check_writable()
+    summary = RunSummary(profile=profile)
     todo = []
-    cameras = [None] if config.mode != "studiocapture" else list(range(config.num_cameras))
-    for avatar_id in avatar_ids:
-        for index in range(config.sequences):
-            for camera in cameras:
-                if is_complete(root, sequence_id(avatar_id, config.mode, index, camera), done_ids):
-                    summary.skipped += 1
-                else:
-                    todo.append((avatar_id, index, camera))
+    for key in keys:
+        sid = sequence_id(key[0], config.mode, key[1], key[2])
+        check = checks[sid]
+        if check.state == "complete":
+            summary.skipped += 1
+            continue
+        if check.state in ("redo", "mismatch"):
+            # out of the manifest before anything else: a broken sequence must never be listed as complete
+            store.delete(part_name(sid))
+            why = "; ".join(check.differences) if check.state == "mismatch" else check.reason
+            summary.redo_reasons.append(f"{sid}: {why}")
+        todo.append(key)
+    summary.redone = len(summary.redo_reasons)
+    summary.done = 0
     start = time.perf_counter()
     bar = tqdm(
         total=len(todo), desc=f"datagen {config.mode}", unit="seq", disable=not progress or not todo, file=sys.stderr
@@ -116,9 +250,8 @@ def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: 
         if error is None:
             summary.done += 1
             summary.frames += result["frames"]
-            summary.render_s += result["render_s"]
-            summary.normals_s += result["normals_s"]
-            summary.other_s += result["other_s"]
+            for name in ("render_s", "normals_s", "encode_s", "upload_s", "other_s", "task_s"):
+                setattr(summary, name, getattr(summary, name) + result.get(name, 0.0))
         else:
             summary.failed += 1
             summary.failures.append(
@@ -128,17 +261,26 @@ def run(config: RenderConfig, avatar_ids: list[str], out: str | Path, progress: 
         bar.set_postfix(done=summary.done, failed=summary.failed)
 
     config_dict = config.to_dict()
+    root_arg = store.uri if store.remote else str(store.local_root)
     if todo and config.workers == 0 and config.ray_address is None:
         for key in todo:
             try:
-                record(render_one(config_dict, key[0], specs[key[0]], key[1], str(root), key[2]), key, None)
+                record(render_one(config_dict, key[0], specs[key[0]], key[1], root_arg, key[2]), key, None)
             except Exception as err:  # noqa: BLE001 - one bad sequence must not stop the job
                 record(None, key, err)
     elif todo:
-        _run_with_ray(config, config_dict, specs, todo, root, record)
+        _run_with_ray(config, config_dict, specs, todo, store, record)
     bar.close()
     summary.wall_s = time.perf_counter() - start
-    consolidate(root, extra_info={"render_config": config_dict, "avatars": avatar_ids})
+    if store.remote:
+        _prune_empty_dirs(stage_root(store) / "videos")
+    elif summary.failed:
+        _prune_empty_dirs(store.local_root / "videos")
+    if part_keys(store):
+        summary.manifest = str(consolidate(store))
+    elif created_root:
+        _prune_empty_dirs(store.local_root)  # a job that made nothing leaves no empty folder tree
+    summary.redone = min(summary.redone, summary.done)
     return summary
 
 
@@ -147,7 +289,7 @@ def _run_with_ray(
     config_dict: dict,
     specs: dict[str, str],
     todo: list[tuple[str, int, int | None]],
-    root: Path,
+    store: Storage,
     record,
 ) -> None:
     import ray
@@ -169,7 +311,8 @@ def _run_with_ray(
             max_retries=3,
             retry_exceptions=False,
         )
-        pending = {task.remote(config_dict, a, specs[a], i, str(root.resolve()), c): (a, i, c) for a, i, c in todo}
+        root = store.uri if store.remote else str(store.local_root.resolve())
+        pending = {task.remote(config_dict, a, specs[a], i, root, c): (a, i, c) for a, i, c in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -183,4 +326,4 @@ def _run_with_ray(
             ray.shutdown()
 
 
-__all__ = ["RunSummary", "render_one", "run"]
+__all__ = ["ResumeConflict", "RunSummary", "render_one", "run", "stage_root"]

@@ -135,9 +135,7 @@ class Storage:
             if not folder.is_dir():
                 return {}
             paths = folder.rglob("*") if recursive else folder.iterdir()
-            return {
-                p.relative_to(self.local_root).as_posix(): p.stat().st_size for p in paths if p.is_file()
-            }
+            return {p.relative_to(self.local_root).as_posix(): p.stat().st_size for p in paths if p.is_file()}
         from pyarrow import fs as pafs
 
         selector = pafs.FileSelector(self._key(rel), recursive=recursive, allow_not_found=True)
@@ -185,13 +183,23 @@ class Storage:
         self._call("downloading", rel, copy)
         return target
 
-    def open_input_file(self, rel: str):
-        """A seekable binary file of key `rel` (what pyarrow.parquet reads)."""
+    def read_table(self, rel: str):
+        """The Parquet file `rel` as a pyarrow Table.
+
+        Always through an Arrow-native file (a path or the filesystem), never a Python file object: with torch
+        loaded, reading Parquet from Python file objects made the interpreter abort at exit now and then."""
+        import pyarrow.parquet as pq
+
         if not self.remote:
-            return open(self.local(rel), "rb")
-        return self._call("opening", rel, lambda: self.fs.open_input_file(self._key(rel)))
+            return pq.read_table(str(self.local(rel)))
+        return self._call("reading", rel, lambda: pq.read_table(self._key(rel), filesystem=self.fs))
 
     # ---------------------------------------------------------------- writes
+    def _temporary(self, rel: str) -> str:
+        head, _, name = rel.rpartition("/")
+        tmp = f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+        return f"{head}/{tmp}" if head else tmp
+
     def write_bytes(self, rel: str, data: bytes, via_temporary: bool = False) -> None:
         """Writes `data` as file `rel` so that readers see the old file or the whole new one, never a part.
 
@@ -200,23 +208,39 @@ class Storage:
         if not self.remote:
             path = self.local(rel)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+            tmp = self.local(self._temporary(rel))
             try:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
             return
-        target = rel
-        if via_temporary:
-            head, _, name = rel.rpartition("/")
-            target = f"{head}/.{name}.{uuid.uuid4().hex[:12]}.tmp" if head else f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+        target = self._temporary(rel) if via_temporary else rel
 
         def put() -> None:
             with self.fs.open_output_stream(self._key(target)) as handle:
                 handle.write(data)
 
         self._call("writing", target, put)
+        if via_temporary:
+            self._call("renaming", target, lambda: self.fs.move(self._key(target), self._key(rel)))
+
+    def write_table(self, rel: str, table, via_temporary: bool = False) -> None:
+        """Writes a pyarrow Table as Parquet file `rel`, whole or not at all (see write_bytes)."""
+        import pyarrow.parquet as pq
+
+        if not self.remote:
+            path = self.local(rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.local(self._temporary(rel))
+            try:
+                pq.write_table(table, str(tmp))
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        target = self._temporary(rel) if via_temporary else rel
+        self._call("writing", target, lambda: pq.write_table(table, self._key(target), filesystem=self.fs))
         if via_temporary:
             self._call("renaming", target, lambda: self.fs.move(self._key(target), self._key(rel)))
 
