@@ -192,7 +192,7 @@ def generate(model, vae, inputs: dict, shape: tuple[int, ...], steps: int, seed:
 def donor_indices(clips: list[dict], kind: str, all_dynamic: list[dict] | None) -> tuple[list[int], list[dict]]:
     """For each clip the index of the clip lending the swapped control, and the list it indexes."""
     n = len(clips)
-    if kind == "camera" and all_dynamic and clips[0]["mode"] != "all-dynamic":
+    if kind == "camera" and all_dynamic and clips[0]["mode"] in ("static-frontal", "static-novel-view"):
         # static modes share one camera: a swap inside the mode would change nothing by construction
         return [i % len(all_dynamic) for i in range(n)], all_dynamic
     donors = []

@@ -66,7 +66,29 @@ def train_config(
         keep_last=1,
         log_every=max(1, iterations // 10),
         validate_every=0,
+        latent_cache=str(latent_cache_dir(run_dir, config.stage_frames[stage - 1])),
     )
+
+
+def latent_cache_dir(run_dir: Path, frames: int) -> Path:
+    return Path(run_dir) / "latents" / f"frames{frames:03d}"
+
+
+def build_cache(config: ReproConfig, run_dir: Path, frames: int, data_roots: list[Path], available: set[str]) -> dict:
+    """VAE latents of every training clip of `frames` frames (`model-cache-latents`' code): every variant and
+    stage of that length reads them instead of decoding and encoding the clips at each step (the VAE encode is
+    most of a CPU training step). Clips and references are a pure function of the seed, so one cache serves all."""
+    from ..data.latent_cache import build_latent_cache
+    from ..trainer import build_dataset
+    from ..vae import WanVideoVAE
+
+    stage = config.stage_frames.index(frames) + 1
+    cfg = train_config(config, run_dir, "full", stage, data_roots, available)
+    cfg.latent_cache = None
+    dataset = build_dataset(cfg)
+    vae = WanVideoVAE.from_pretrained(Path(run_dir) / "wan").to(config.device)
+    out = latent_cache_dir(run_dir, frames)
+    return {"frames": frames, **build_latent_cache(dataset, vae, out, device=config.device, progress=False)}
 
 
 def run_stage(cfg: TrainConfig) -> dict:

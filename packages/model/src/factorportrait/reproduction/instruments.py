@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .config import ReproConfig
 from .data import decode_all, load_sources, split_roots
+from .steps import warmup_cosine
 
 FILES = {
     "expression": "expression_encoder.safetensors",
@@ -170,9 +171,7 @@ def train_instruments(config: ReproConfig, run_dir: Path, log=print) -> dict:
     p_mean, p_std = poses.mean(0), poses.std(0).clamp_min(1e-4)
     model = Instruments(codes.shape[1], len(ids)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.instrument_lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.instrument_lr, total_steps=config.instrument_steps, pct_start=0.1
-    )
+    sched = warmup_cosine(opt, config.instrument_steps, 0.1)
     labels = torch.from_numpy(data["identity"])
     tick, losses = time.perf_counter(), []
     model.train()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .config import ReproConfig
+from .steps import warmup_cosine
 from .vae_train import load_videos
 
 
@@ -70,9 +71,7 @@ def train_prior(config: ReproConfig, run_dir: Path, log=print) -> dict:
     encode_s = time.perf_counter() - tick
     model = WanTransformer3DModel(**dit_config(config)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.prior_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.prior_lr, total_steps=config.prior_steps, pct_start=0.05, anneal_strategy="cos"
-    )
+    sched = warmup_cosine(opt, config.prior_steps, 0.05)
     context = torch.zeros(1, 512, config.dit_text_dim, device=device)  # the fixed empty prompt
     generator = torch.Generator().manual_seed(config.seed)
     losses = []

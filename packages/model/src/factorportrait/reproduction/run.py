@@ -83,9 +83,16 @@ def run_reproduction(
     )
 
     # 3b. fine-tuning
-    from .finetune import first_stage, run_stage, train_config
+    from .finetune import build_cache, first_stage, latent_cache_dir, run_stage, train_config
 
     data_roots = list(split_roots(run_dir, "train").values())
+    for frames in sorted(set(config.stage_frames)):
+        cache = latent_cache_dir(run_dir, frames).relative_to(run_dir)
+        steps.run(
+            f"latents-frames{frames:03d}",
+            lambda f=frames: build_cache(config, run_dir, f, data_roots, present),
+            [f"{cache}/index.json"],
+        )
     trained: dict[str, Path] = {}
     for variant in [v for v in VARIANTS if v in config.variants]:
         ok = True

@@ -95,3 +95,17 @@ class StepRunner:
         log.info("step %s: done in %.0f s", name, wall)
         self.summaries[name] = data
         return data
+
+
+def warmup_cosine(optimizer, total: int, warmup_fraction: float = 0.05):
+    """LambdaLR: linear warm-up over max(1, fraction x total) steps, then cosine decay to zero at `total`."""
+    import math
+
+    import torch
+
+    warm = max(1, int(warmup_fraction * total))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -18,6 +18,7 @@ import torch
 
 from .config import ReproConfig
 from .data import decode_all, load_sources, split_roots
+from .steps import warmup_cosine
 
 
 def vae_config(config: ReproConfig) -> dict:
@@ -74,9 +75,7 @@ def train_vae(config: ReproConfig, run_dir: Path, log=print) -> dict:
         raise FileNotFoundError(f"no training videos under {run_dir / 'data' / 'train'}")
     model = AutoencoderKLWan(**vae_config(config)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.vae_lr, total_steps=config.vae_steps, pct_start=0.05, anneal_strategy="cos"
-    )
+    sched = warmup_cosine(opt, config.vae_steps, 0.05)
     n_normals = round(config.vae_batch * config.vae_normals_fraction) if nrm else 0
     losses, tick = [], time.perf_counter()
     model.train()
