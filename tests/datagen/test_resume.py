@@ -185,3 +185,23 @@ def test_legacy_parts_without_records_are_checked_against_the_row(rendered, tmp_
         run(_config(frames=4), ["demo-004"], out, progress=False)
     os.truncate(out / "videos" / f"{SEQ}_rgb.mp4", 100)
     assert run(_config(), ["demo-004"], out, progress=False).redone == 1
+
+
+def test_plan_sizes_a_paper_scale_job(tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(f"demo-{i:04d}" if i >= 16 else f"demo-{i:03d}" for i in range(802)) + "\n")
+    rates = tmp_path / "rates.json"
+    profile = {"resolution": 512, "render_fps": 100.0, "encode_fps": 20.0, "end_to_end_fps": 16.0}
+    rates.write_text(json.dumps({"test": {**profile, "rgb_bytes_per_pixel_frame": 0.05}}))
+    assert (
+        main(["plan", "--avatars", str(ids), "--mode", "both", "--rates", str(rates), "--tasks-per-machine", "8"]) == 0
+    )
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    # paper: 802 x (128 x 100 + 32 x 128) frames = 13,550,592; at 1024 px, 4x the pixels of the 512 px rates
+    assert lines["total"][3] == "13,550,592" and lines["viewsweep"][2] == str(802 * 128)
+    hours = 13_550_592 * 4 / 16.0 / 3600
+    assert float(lines["total"][-2]) == pytest.approx(hours, abs=0.1)  # task-hours at the end-to-end rate
+    assert float(lines["total"][-1]) == pytest.approx(hours / 8, abs=0.1)  # machine-hours with 8 tasks each
+    gigabytes = 13_550_592 * 1024 * 1024 * 0.05 / 1e9
+    assert lines["total"][4:6] == [f"{gigabytes:.1f}", "GB"]
+    assert main(["plan", "--avatars", str(ids), "--mode", "viewsweep", "--rates", str(tmp_path / "none.json")]) == 2
