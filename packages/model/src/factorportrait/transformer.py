@@ -34,6 +34,7 @@ import torch
 from diffusers import ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 from torch import Tensor, nn
 
 from .cameras import latent_frame_count
@@ -92,7 +93,8 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
     """Wan 2.1 DiT + condition fusion + expression controller (or the C3 landmark variant)."""
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["WanTransformerBlock"]
+    # FSDP wraps (and shards) each block: `FactorPortraitBlock` is Wan's block, called as a module.
+    _no_split_modules = ["FactorPortraitBlock"]
     _keep_in_fp32_modules = ["rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"]
 
     @register_to_config
@@ -126,6 +128,9 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
                 f"image_dim={wan_config.get('image_dim')}"
             )
         self.wan = WanTransformer3DModel(**wan_config)
+        for block in self.wan.blocks:
+            # Same parameters (and state-dict names) as Wan's block; only its forward takes per-frame modulation.
+            block.__class__ = FactorPortraitBlock
         dim = self.wan.config.num_attention_heads * self.wan.config.attention_head_dim
         self.inner_dim = dim
         self._widen_patch_embedding(self.input_channels)
@@ -361,11 +366,12 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
 
         for index, block in enumerate(wan.blocks):
             adapter = self.landmark_attn[index] if self.landmark_attn is not None else None
-            args = (block, x, context, modulation, rotary_emb, grid, adapter, landmark_context)
+            # The block is called as a module (never its parts), so FSDP's per-block hooks gather its shards.
+            args = (x, context, modulation, rotary_emb, grid, adapter, landmark_context)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = torch.utils.checkpoint.checkpoint(_block_forward, *args, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
-                x = _block_forward(*args)
+                x = block(*args)
 
         shift, scale = (wan.scale_shift_table[:, None] + frame_temb[:, :, None, :]).unbind(2)  # [B, Ft|1, D]
         x = _modulate(wan.norm_out(x.float()), grid, scale, shift).type_as(x)
@@ -390,23 +396,34 @@ def _gated(x: Tensor, update: Tensor, gate: Tensor) -> Tensor:
     return out.view(b, length, d)
 
 
-def _block_forward(
-    block, x: Tensor, context: Tensor, modulation: Tensor, rotary_emb, grid, adapter, landmark_context: Tensor | None
-) -> Tensor:
-    """One `WanTransformerBlock` with modulation per latent frame ([B, F, 6, D] instead of [B, 6, D])."""
-    params = block.scale_shift_table[:, None] + modulation.float()  # [B, F|1, 6, D]
-    shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = params.unbind(2)
-    # 1. self-attention
-    normed = _modulate(block.norm1(x.float()), grid, scale_msa, shift_msa).type_as(x)
-    x = _gated(x, block.attn1(normed, None, None, rotary_emb), gate_msa).type_as(x)
-    # 2. cross-attention to the (fixed) prompt
-    x = x + block.attn2(block.norm2(x.float()).type_as(x), context, None, None)
-    # 2b. C3 ablation: landmark features of each latent frame
-    if adapter is not None:
-        x = x + adapter(x, landmark_context, grid[1] * grid[2]).to(x.dtype)
-    # 3. feed-forward
-    normed = _modulate(block.norm3(x.float()), grid, c_scale, c_shift).type_as(x)
-    return _gated(x, block.ffn(normed).float(), c_gate).type_as(x)
+class FactorPortraitBlock(WanTransformerBlock):
+    """A `WanTransformerBlock` whose AdaLN modulation is per latent frame ([B, F, 6, D] instead of [B, 6, D]),
+    with the C3 landmark cross-attention `adapter` (a module of the parent model) between cross-attention and
+    feed-forward. Instances are Wan's own blocks with this class: same parameters, same state-dict names."""
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,  # [B, L, D]
+        context: Tensor,  # [B, L_text, D]
+        modulation: Tensor,  # [B, F|1, 6, D]
+        rotary_emb,
+        grid: tuple[int, int, int],
+        adapter: nn.Module | None = None,
+        landmark_context: Tensor | None = None,  # [B, F, K, C]
+    ) -> Tensor:  # [B, L, D]
+        params = self.scale_shift_table[:, None] + modulation.float()  # [B, F|1, 6, D]
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = params.unbind(2)
+        # 1. self-attention
+        normed = _modulate(self.norm1(x.float()), grid, scale_msa, shift_msa).type_as(x)
+        x = _gated(x, self.attn1(normed, None, None, rotary_emb), gate_msa).type_as(x)
+        # 2. cross-attention to the (fixed) prompt
+        x = x + self.attn2(self.norm2(x.float()).type_as(x), context, None, None)
+        # 2b. C3 ablation: landmark features of each latent frame
+        if adapter is not None:
+            x = x + adapter(x, landmark_context, grid[1] * grid[2]).to(x.dtype)
+        # 3. feed-forward
+        normed = _modulate(self.norm3(x.float()), grid, c_scale, c_shift).type_as(x)
+        return _gated(x, self.ffn(normed).float(), c_gate).type_as(x)
 
 
 def _shape(t: Tensor, name: str, dims: int) -> tuple[int, ...]:

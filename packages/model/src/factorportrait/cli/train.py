@@ -6,6 +6,7 @@ Examples:
   model-train --stage 4 --config packages/model/configs/stage4.toml --resume
   model-train --stage 1 --preset tiny --data out/demo --mixture DynamicSweep=1 --output runs/tiny   # CPU, minutes
   accelerate launch --config_file packages/model/configs/accelerate/ddp.yaml -m factorportrait.cli.train --stage 3 ...
+  accelerate launch --config_file packages/model/configs/accelerate/cpu_fsdp.yaml -m factorportrait.cli.train ...  # CPU
 
 Settings: packages/model/configs/stage{1..4}.toml (the paper's frames, mixture and iterations); flags override.
 Each stage writes OUTPUT/stageN/{checkpoints/, logs/ (TensorBoard), validation/, final/ (diffusers format)}.
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixture", help="override the mixture, e.g. ViewSweep=0.3,DynamicSweep=0.7")
     p.add_argument("--output", help="output root (stages go to OUTPUT/stageN)")
     p.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
+    p.add_argument(
+        "--force", action="store_true", help="with --resume: accept settings that differ from the run's config.json"
+    )
     p.add_argument("--iterations", type=int)
     p.add_argument("--frames", type=int)
     p.add_argument("--batch-size", type=int)
@@ -46,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-every", type=int)
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--ema-decay", type=float)
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument(
+        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None, help="recompute blocks"
+    )
     p.add_argument("--latent-cache", help="folder written by model-cache-latents (read instead of videos)")
     p.add_argument(
         "--expression-mode", choices=["codes", "landmarks"], help="landmarks: the C3 ablation (needs 1.1 landmarks)"
@@ -62,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    from ..train_config import TrainConfigError, load_train_config, parse_mixture
+    from ..training.config import TrainConfigError, load_train_config, parse_mixture
 
     try:
         config_path = args.config or (CONFIG_DIR / f"stage{args.stage}.toml")
@@ -84,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             "latent_cache": args.latent_cache,
             "mixed_precision": args.mixed_precision,
             "ema_decay": args.ema_decay,
+            "grad_accum": args.grad_accum,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "expression_mode": args.expression_mode,
             "expression_dropout": args.expression_dropout,
             "reference_dropout": args.reference_dropout,
@@ -91,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             "mixture": parse_mixture(args.mixture) if args.mixture else None,
         }
         config = load_train_config(args.stage, config_path if config_path.exists() else None, args.preset, overrides)
-        from ..trainer import train
+        from ..training.loop import train
 
-        result = train(config, resume=args.resume, progress=not args.quiet)
+        result = train(config, resume=args.resume, progress=not args.quiet, force=args.force)
     except (TrainConfigError, FileNotFoundError, ValueError) as err:
         print(f"model-train: error: {err}", file=sys.stderr)
         return 2

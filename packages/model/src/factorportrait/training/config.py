@@ -54,6 +54,12 @@ TINY_PRESET: dict[str, Any] = {
 }
 
 
+#: Fields a resumed run may change (how long, how often it saves / logs / validates, loader workers).
+RESUMABLE_CHANGES = frozenset(
+    {"iterations", "num_workers", "save_every", "keep_last", "log_every", "validate_every", "validation_steps"}
+)
+
+
 class TrainConfigError(ValueError):
     """A bad training setting; names the file or flag, the field and the value."""
 
@@ -89,7 +95,7 @@ class TrainConfig:
     learning_rate: float = 2e-5
     weight_decay: float = 0.01
     warmup_steps: int = 500
-    lr_schedule: str = "constant"  # constant | cosine
+    lr_schedule: str = "constant"  # constant | cosine (diffusers' schedules: linear warm-up; cosine ends at 0)
     max_grad_norm: float = 1.0
     ema_decay: float = 0.0  # 0 = no EMA
     mixed_precision: str = "auto"  # auto (bf16 on CUDA) | no | bf16 | fp16
@@ -151,6 +157,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def differences(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{field: (saved, now)} for the fields that must match when a run resumes (RESUMABLE_CHANGES may differ)."""
+        now = self.to_dict()
+        return {
+            name: (saved.get(name), value)
+            for name, value in now.items()
+            if name not in RESUMABLE_CHANGES and saved.get(name) != value
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
