@@ -8,7 +8,12 @@ Submit from the repository root (token authentication on, as Ray 2.60 does by de
 
 Inside a job the driver joins the cluster it runs on (`--ray-address auto` unless given); every other flag is
 `datagen render`'s, so a config file (`--config packages/datagen/configs/dynamicsweep.toml`) works the same.
-The output folder must be reachable by every node (a shared filesystem or, on one machine, a local path).
+`--out` is a folder every node can reach (a shared filesystem or, on one machine, a local path) or object storage,
+which needs no shared filesystem: `--out s3://bucket/prefix` (or gs://). Each task then encodes into a local
+staging folder on its node and uploads; the driver reads the parts and writes the manifest there. Credentials come
+from each node's standard environment or config files (an instance role, ~/.aws, or
+`ray job submit --runtime-env-json '{"env_vars": {"AWS_ACCESS_KEY_ID": ..., ...}}'`); the driver forwards only
+AWS_ENDPOINT_URL(_S3) and AWS_REGION / AWS_DEFAULT_REGION to its tasks.
 """
 
 from __future__ import annotations

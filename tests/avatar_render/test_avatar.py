@@ -252,3 +252,12 @@ def test_generated_looks_vary():
     assert demo.demo_look(3) == demo.DemoLook(
         skin=demo.SKIN_TONES[3], hair=demo.HAIR_COLOURS[10 % 7], eyes=demo.EYE_COLOURS[17 % 6], hair_style="medium"
     )
+
+
+def test_near_twin_count():
+    from avatar_render import demo
+
+    kit = demo.near_twins(16)  # the kit's identities differ by 6 mm RMS and more
+    assert kit["with_shape_twin"] == 0 and kit["with_twin"] == 0
+    loose = demo.near_twins(200, shape_mm=1e6, skin=2, colour=2)  # everything alike but hair style: 4 styles
+    assert loose["with_twin"] == 200

@@ -51,6 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list demo avatar ids with their looks (an ids file with --ids-only)")
     listing.add_argument("--count", type=int, default=16, help="how many ids, from demo-000 (default 16, up to 10000)")
     listing.add_argument("--ids-only", action="store_true", help="one id per line, nothing else")
+    listing.add_argument(
+        "--check-twins", action="store_true", help="count ids with a near twin (similar shape and look) instead"
+    )
 
     save = sub.add_parser("save", help="write an avatar (e.g. a demo) to an avatar file")
     save.add_argument("avatar", help="demo id or avatar file")
@@ -75,8 +78,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
-        from .demo import demo_ids, demo_look
+        from .demo import demo_ids, demo_look, near_twins
 
+        if args.check_twins:
+            report = near_twins(args.count)
+            print(
+                f"{report['count']} ids: {report['with_twin']} have a near twin (face shape within 1 mm RMS, same hair "
+                f"style, skin within 0.03, hair and eyes within 0.05 per channel); {report['with_shape_twin']} have a "
+                f"face-shape twin alone; median distance to the nearest other face shape "
+                f"{report['median_nearest_shape_mm']:.2f} mm"
+            )
+            return 0
         lines = []
         for i, demo_id in enumerate(demo_ids(args.count)):
             if args.ids_only:

@@ -98,12 +98,13 @@ def is_demo_id(text: str) -> bool:
 
 def demo_index(text: str) -> int:
     """The index behind a demo id; KeyError (naming the right spelling) for anything else."""
+    available = "available: demo-000 ... demo-015, demo-0016 ... demo-9999"
     match = _DEMO_ID.fullmatch(text)
     if match is None:
-        raise KeyError(f"unknown demo avatar '{text}'; demo ids are demo-000 ... demo-015 and demo-0016 ... demo-9999")
+        raise KeyError(f"unknown demo avatar '{text}'; {available}")
     index = int(match.group(1))
     if demo_id(index) != text:
-        raise KeyError(f"unknown demo avatar '{text}': demo avatar {index} is spelled '{demo_id(index)}'")
+        raise KeyError(f"unknown demo avatar '{text}': demo avatar {index} is spelled '{demo_id(index)}'; {available}")
     return index
 
 
@@ -426,3 +427,40 @@ class _GaussianGrower:
         out = {key: value.float() if value.is_floating_point() else value for key, value in merged.items()}
         out["sh"] = sh.float()
         return out
+
+
+def near_twins(
+    count: int, shape_mm: float = 1.0, skin: float = 0.03, colour: float = 0.05, block: int = 500
+) -> dict[str, float]:
+    """How many of the first `count` demo avatars have a near twin among them: another id with a face shape within
+    `shape_mm` RMS vertex distance, the same hair style, skin within `skin` and hair / eye colours within `colour`
+    (max per RGB channel, 0..1). Computed from the generator's parameters (no avatar is built), in blocks."""
+    kit, _ = load_kit()
+    basis = kit["neutral_vertices"].double().reshape(NUM_DEMO_AVATARS, -1).numpy()  # [16, 3V]
+    gram = basis @ basis.T / (basis.shape[1] // 3)  # squared RMS distances from weight differences
+    weights = np.stack([demo_shape_weights(i) for i in range(count)])
+    looks = [demo_look(i) for i in range(count)]
+    skins, hairs, eyes = (np.array([getattr(look, name) for look in looks]) for name in ("skin", "hair", "eyes"))
+    styles = np.array([list(HAIR_STYLES).index(look.hair_style) for look in looks])
+    twins = shape_twins = 0
+    nearest = []
+    for start in range(0, count, block):
+        stop = min(count, start + block)
+        diff = weights[start:stop, None, :] - weights[None, :, :]
+        rms = np.sqrt(np.maximum(np.einsum("bnk,kl,bnl->bn", diff, gram, diff), 0)) * 1000
+        rms[np.arange(stop - start), np.arange(start, stop)] = np.inf
+        same_look = (
+            (np.abs(skins[start:stop, None] - skins[None]).max(-1) < skin)
+            & (styles[start:stop, None] == styles[None])
+            & (np.abs(hairs[start:stop, None] - hairs[None]).max(-1) < colour)
+            & (np.abs(eyes[start:stop, None] - eyes[None]).max(-1) < colour)
+        )
+        twins += int((same_look & (rms < shape_mm)).any(1).sum())
+        shape_twins += int((rms < shape_mm).any(1).sum())
+        nearest.append(rms.min(1))
+    return {
+        "count": count,
+        "with_twin": twins,
+        "with_shape_twin": shape_twins,
+        "median_nearest_shape_mm": float(np.median(np.concatenate(nearest))) if count > 1 else float("inf"),
+    }

@@ -29,6 +29,8 @@ from .storage import Storage, file_digest, open_storage
 #: Local staging folder for object-storage output (default: the system's temporary folder).
 STAGE_ENV = "DATAGEN_STAGE_DIR"
 _MAX_LISTED_FAILURES = 20
+#: Non-secret settings of an object store that Ray tasks get from the driver's environment.
+_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", STAGE_ENV)
 
 
 @dataclass
@@ -305,12 +307,18 @@ def _run_with_ray(
     try:
         use_gpu = config.backend == "gsplat" or (config.backend == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
         # system failures (a killed worker) are retried; a Python exception is a failed sequence
-        task = ray.remote(render_one).options(
-            num_cpus=config.torch_threads,
-            num_gpus=config.gpus_per_task if use_gpu else 0,
-            max_retries=3,
-            retry_exceptions=False,
-        )
+        options = {
+            "num_cpus": config.torch_threads,
+            "num_gpus": config.gpus_per_task if use_gpu else 0,
+            "max_retries": 3,
+            "retry_exceptions": False,
+        }
+        forwarded = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ} if store.remote else {}
+        if forwarded:
+            # where the object store is (not who may write to it: credentials come from each node's own
+            # environment or config files, or from `ray job submit --runtime-env-json`)
+            options["runtime_env"] = {"env_vars": forwarded}
+        task = ray.remote(render_one).options(**options)
         root = store.uri if store.remote else str(store.local_root.resolve())
         pending = {task.remote(config_dict, a, specs[a], i, root, c): (a, i, c) for a, i, c in todo}
         while pending:
