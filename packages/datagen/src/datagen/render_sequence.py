@@ -2,6 +2,8 @@
 
 Outputs are written under temporary names and renamed when complete (datagen.video); the manifest part is
 written by the caller only after both videos exist, so a sequence reaches the manifest only when whole.
+With `video.overlap` (the default) each video is encoded on its own thread (ThreadedVideoWriter) while this loop
+renders the next frames; the files are byte-identical to encoding inline.
 """
 
 from __future__ import annotations
