@@ -41,7 +41,7 @@ def test_every_artifact_exists(micro_run):
     modes = pipeline.datagen_modes()
     datasets = [d for d in config.sequences if DATAGEN_MODES[d] in modes]
     assert {"ViewSweep", "DynamicSweep"} <= set(datasets)
-    for split in ("train", "heldout_ids", "heldout_seqs"):
+    for split in ("train", "heldout_ids") + (("heldout_seqs",) if config.heldout_sequence_ids else ()):
         for dataset in datasets:
             assert (run / "data" / split / dataset / "manifest" / "manifest.parquet").is_file(), (split, dataset)
 

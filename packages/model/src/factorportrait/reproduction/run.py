@@ -31,7 +31,26 @@ def run_reproduction(
     report_path: Path,
 ) -> dict[str, dict]:
     """Run (or resume) every step; returns the step records (marker contents) by name."""
+    import importlib
+
     import torch
+
+    # Import every module the chain uses now: a long run then uses the code as it was at its start, even if
+    # the working tree changes while it runs.
+    for name in (
+        "trainer",
+        "data.clips",
+        "data.latent_cache",
+        "transformer",
+        "vae",
+        "cli.infer",
+        "cli.evaluate",
+        "inference.pipeline",
+        "metrics",
+        "expression_encoder",
+    ):
+        importlib.import_module(f"factorportrait.{name}")
+    import diffusers  # noqa: F401
 
     torch.set_num_threads(config.threads)
     run_dir = Path(run_dir)
