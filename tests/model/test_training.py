@@ -156,8 +156,10 @@ def test_latent_cache_serves_what_the_vae_would_compute_and_training_reads_it(tm
             expected = vae.encode_video(plain["video"][None])[0]
         torch.testing.assert_close(item["latents"], expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(item["ray_features"], plain["ray_features"])
-    result = train(_config(tmp_path, tiny_dataset, iterations=2, latent_cache=str(cache)), progress=False)
-    assert result.steps == 2
+    # Training and validation read only cached latents (the ground truth half is their VAE decode).
+    config = _config(tmp_path, tiny_dataset, iterations=2, latent_cache=str(cache), validate_every=2)
+    result = train(config, progress=False)
+    assert result.steps == 2 and (config.output_dir / "validation" / "step-00000002.mp4").exists()
 
 
 def test_validation_video_and_ema(tmp_path, tiny_dataset):
@@ -245,3 +247,51 @@ def test_dropped_conditions_are_the_neutral_ones(tiny_dataset):
     for key in ("expression_codes", "reference_latent", "normal_latents"):
         assert torch.equal(dropped[key][1], kept[key][1])  # sample 1 kept everything
     assert not torch.equal(kept["expression_codes"][0], dropped["expression_codes"][0])
+
+
+# ---------------------------------------------------------------------------------------------- issue 10
+def _snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_start_or_a_mismatched_resume_leaves_the_run_untouched(tmp_path, tiny_dataset, capsys):
+    runs = tmp_path / "runs"
+    assert _cli(1, tiny_dataset, runs, "DynamicSweep=1", "--frames", "5", "--iterations", "2", "--quiet") == 0
+    before = _snapshot(runs)
+    assert (runs / "stage1" / "config.json") in [runs / p for p in before]
+    # a typo in --data, as a new user would make it
+    assert _cli(1, tmp_path / "dta", runs, "DynamicSweep=1", "--frames", "5", "--iterations", "2") == 2
+    assert "dta" in capsys.readouterr().err
+    # resuming with another setting: refused, the differing field named with both values
+    assert _cli(1, tiny_dataset, runs, "DynamicSweep=1", "--frames", "9", "--iterations", "4", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "frames: 5 (saved) -> 9 (now)" in err and "--force" in err and "iterations" not in err
+    assert _snapshot(runs) == before  # byte-identical
+
+
+def test_a_dataset_folder_with_zero_rows_is_named(tmp_path, tiny_dataset, capsys):
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "empty"
+    (empty / "manifest").mkdir(parents=True)
+    table = pq.read_table(next((tiny_dataset / "manifest").glob("*.parquet")))
+    pq.write_table(table.slice(0, 0), empty / "manifest" / "manifest.parquet")
+    shutil.copy(tiny_dataset / "manifest" / "info.json", empty / "manifest" / "info.json")
+    assert _cli(1, empty, tmp_path / "runs", "DynamicSweep=1", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert f"dataset folder '{empty}': its manifest has 0 rows" in err and "MixtureSampler" not in err
+
+
+def test_gradient_accumulation_draws_new_noise_per_micro_batch(tmp_path, tiny_dataset):
+    from factorportrait.trainer import draw_noise, sample_generator
+
+    # 1 process x batch 1 x 2 micro-batches = 1 process x batch 2: the same samples, each with its own noise
+    # (were both micro-batches drawn from one generator, the loss would differ from the batch-2 run's).
+    accumulated = train(_config(tmp_path / "a", tiny_dataset, iterations=2, grad_accum=2), progress=False)
+    batched = train(_config(tmp_path / "b", tiny_dataset, iterations=2, batch_size=2), progress=False)
+    assert accumulated.global_batch == batched.global_batch == 2
+    assert accumulated.losses == pytest.approx(batched.losses, rel=1e-5)
+    assert accumulated.lrs == batched.lrs == [0.0, 5e-4]  # warm-up over 2 optimiser steps
+    config = _config(tmp_path, tiny_dataset)
+    first, second = (draw_noise(config, (1, 4, 2), [sample_generator(0, i, "cpu")], "cpu") for i in (0, 1))
+    assert not torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])

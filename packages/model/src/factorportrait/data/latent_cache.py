@@ -5,12 +5,13 @@ computed once per (dataset, frames, resolution, seed) lets training read latents
 Layout: CACHE/index.json ({"format": ..., "entries": {key: [shard file, slot]}, "config": ...}) and
 CACHE/shard-00000.safetensors with tensors "<slot>.latents", "<slot>.normal_latents", "<slot>.reference_latent".
 A clip's key names everything its latents depend on (sequence, start, reference frame, frames, size), so a
-cache is never used for a different clip; missing entries fall back to decoding.
+cache is never used for a different clip; training leaves out clips the cache lacks (`CachedClipDataset`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 # 2: rows without a normal video are encoded as black "no surface" frames (1 encoded mid-grey ones).
+log = logging.getLogger(__name__)
+
 FORMAT = "factorportrait-latent-cache/2"
 LATENT_KEYS = ("latents", "normal_latents", "reference_latent")
 
@@ -147,22 +150,45 @@ def build_latent_cache(
 
 
 class CachedClipDataset(torch.utils.data.Dataset):
-    """A ClipDataset that serves cached latents instead of decoded videos where the cache has the clip.
+    """The clips of a ClipDataset that the cache holds, served as cached latents instead of decoded videos.
 
-    Items carry "latents", "normal_latents", "reference_latent" in place of "video", "normals", "reference";
-    clips missing from the cache are decoded as usual (the trainer encodes those itself).
+    Items carry "latents", "normal_latents", "reference_latent" in place of "video", "normals", "reference".
+    Clips missing from the cache are left out (logged): a batch never mixes cached and decoded items, which
+    collate could not stack and the trainer would encode differently. ValueError when the cache holds none.
     """
 
     def __init__(self, dataset, cache: LatentCache) -> None:
         self.dataset, self.cache = dataset, cache
         self.config = dataset.config
+        self._keys = [self._key(i) for i in range(len(dataset))]
+        self.indices = [i for i, key in enumerate(self._keys) if key in cache]  # into `dataset`
+        missing = len(dataset) - len(self.indices)
+        if not self.indices:
+            raise ValueError(
+                f"latent cache '{cache.root}' holds none of the {len(dataset)} training clips (another frame count, "
+                "size, seed or data?): rebuild it with model-cache-latents for these settings"
+            )
+        if missing:
+            log.warning(
+                "latent cache '%s' lacks %d of %d clips: training on the %d cached ones (rebuild the cache to use all)",
+                cache.root,
+                missing,
+                len(dataset),
+                len(self.indices),
+            )
+
+    def _key(self, index: int) -> str:
+        cfg = self.config
+        source, start = self.dataset.clips[index]
+        ref_source, ref_frame = self.dataset.reference_for(index)
+        return clip_key(source.sequence_id, start, ref_source.sequence_id, ref_frame, cfg.frames, cfg.height, cfg.width)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     @property
     def clips(self):
-        return self.dataset.clips
+        return [self.dataset.clips[i] for i in self.indices]
 
     @property
     def broken(self):
@@ -173,12 +199,6 @@ class CachedClipDataset(torch.utils.data.Dataset):
         return self.dataset.landmark_layout
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        cfg = self.config
-        source, start = self.dataset.clips[index]
-        ref_source, ref_frame = self.dataset.reference_for(index)
-        latents = self.cache.get(
-            clip_key(source.sequence_id, start, ref_source.sequence_id, ref_frame, cfg.frames, cfg.height, cfg.width)
-        )
-        if latents is None:
-            return self.dataset[index]
-        return {**latents, **self.dataset.conditions(index)}
+        inner = self.indices[index]
+        latents = self.cache.get(self._keys[inner])
+        return {**latents, **self.dataset.conditions(inner)}
