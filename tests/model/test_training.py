@@ -295,3 +295,23 @@ def test_gradient_accumulation_draws_new_noise_per_micro_batch(tmp_path, tiny_da
     config = _config(tmp_path, tiny_dataset)
     first, second = (draw_noise(config, (1, 4, 2), [sample_generator(0, i, "cpu")], "cpu") for i in (0, 1))
     assert not torch.equal(first[0], second[0]) and not torch.equal(first[1], second[1])
+
+
+def test_from_wan_in_bfloat16_keeps_the_fp32_modules_and_the_weights(tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from factorportrait.transformer import WAN_CONFIGS, FactorPortraitTransformer
+
+    torch.manual_seed(0)
+    WanTransformer3DModel(**WAN_CONFIGS["tiny"]).save_pretrained(tmp_path / "wan" / "transformer")
+    model = FactorPortraitTransformer.from_wan(tmp_path / "wan", torch_dtype=torch.bfloat16, text_len=8)
+    wan = WanTransformer3DModel.from_pretrained(str(tmp_path / "wan"), subfolder="transformer")  # fp32 reference
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert dtypes["wan.scale_shift_table"] == dtypes["wan.blocks.0.scale_shift_table"] == torch.float32
+    assert dtypes["wan.condition_embedder.time_embedder.linear_1.weight"] == torch.float32
+    assert dtypes["wan.blocks.0.attn1.to_q.weight"] == dtypes["controller.in_proj.weight"] == torch.bfloat16
+    for name, p in wan.named_parameters():
+        mine = dict(model.wan.named_parameters())[name]
+        if name == "patch_embedding.weight":
+            mine = mine[:, : p.shape[1]]  # the Wan channels; the condition channels start at zero
+        torch.testing.assert_close(mine.float(), p.to(mine.dtype).float(), atol=0, rtol=0)

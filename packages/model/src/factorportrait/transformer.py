@@ -27,6 +27,8 @@ latent sequence.
 
 from __future__ import annotations
 
+import copy
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ from .cameras import latent_frame_count
 from .expression import ExpressionController
 
 LATENT_CHANNELS = 16
+# A loaded WanTransformer3DModel that __init__ adopts instead of building a random one (`from_wan`).
+_ADOPT_WAN: ContextVar[WanTransformer3DModel | None] = ContextVar("_ADOPT_WAN", default=None)
 RAY_CHANNELS = 6 * 8 * 8 * 4  # Plücker (6) x pixel-unshuffle by 8 (64) x 4 frames per latent frame
 EXPRESSION_MODES = ("codes", "landmarks", "none")
 
@@ -127,7 +131,8 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
                 f"image embedding); got in_channels={wan_config.get('in_channels')}, "
                 f"image_dim={wan_config.get('image_dim')}"
             )
-        self.wan = WanTransformer3DModel(**wan_config)
+        adopted = _ADOPT_WAN.get()
+        self.wan = adopted if adopted is not None else WanTransformer3DModel(**wan_config)
         for block in self.wan.blocks:
             # Same parameters (and state-dict names) as Wan's block; only its forward takes per-frame modulation.
             block.__class__ = FactorPortraitBlock
@@ -191,15 +196,27 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         or the transformer folder itself) or a `WanTransformer3DModel`. Never reaches a model hub."""
         if not isinstance(wan, WanTransformer3DModel):
             wan = load_local_wan(wan, subfolder=subfolder, torch_dtype=torch_dtype)
-        model = cls(wan_config=dict(wan.config), **kwargs)
-        state = wan.state_dict()
-        weight = state.pop("patch_embedding.weight")
-        missing, unexpected = model.wan.load_state_dict(state, strict=False)
-        if unexpected or set(missing) != {"patch_embedding.weight"}:
-            raise ValueError(f"Wan weights do not match the config: missing {missing}, unexpected {unexpected}")
-        with torch.no_grad():
-            model.wan.patch_embedding.weight[:, : weight.shape[1]].copy_(weight)
-        return model.to(dtype=torch_dtype) if torch_dtype is not None else model
+        else:
+            wan = copy.deepcopy(wan)  # the caller's model stays as it was (its patch embedding is widened here)
+        # The loaded Wan becomes the model's `wan` (no second, random copy of its weights); only the new modules
+        # (condition channels, expression controller, landmark layers) are built, then cast.
+        token = _ADOPT_WAN.set(wan)
+        try:
+            model = cls(wan_config=dict(wan.config), **kwargs)
+        finally:
+            _ADOPT_WAN.reset(token)
+        if torch_dtype is not None:
+            model.cast(torch_dtype)
+        return model
+
+    def cast(self, dtype: torch.dtype) -> FactorPortraitTransformer:
+        """Cast to `dtype` in place except the `_keep_in_fp32_modules` (norms, time embedder, modulation tables,
+        rope), which stay (or become) float32; unlike `.to(dtype)` they never pass through `dtype`."""
+        keep = set(self._keep_in_fp32_modules)
+        for name, tensor in [*self.named_parameters(), *self.named_buffers()]:
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
+        return self
 
     def set_prompt_embedding(self, embeds: Tensor | str | Path) -> None:
         """Use a fixed T5 prompt embedding [L, text_dim] (tensor, .safetensors with key 'prompt_embeds', or .pt)."""
