@@ -3,13 +3,27 @@ memory; then a documented memory estimate for Wan 2.1 1.3B / 14B at 81 frames x 
 gradient checkpointing and FSDP.
 
     uv run python benchmarks/train_step.py --data out/demo [--frames 13] [--steps 6] [--workers 0 2]
+    uv run python benchmarks/train_step.py --data out/demo --processes 1 2      # model-train, 1 vs 2 processes
+    uv run python benchmarks/train_step.py --data out/demo --loading 1.3B        # peak host RSS of from_wan
+
+`--processes`: samples/s of `model-train` (tiny preset, CPU; 2 processes via configs/accelerate/cpu_ddp.yaml)
+from the times its metrics.jsonl lines appear (first step excluded) and the peak RSS of each process.
+`--loading`: random Wan weights of that shape saved with diffusers' `save_pretrained` (bf16), then the peak RSS
+of a fresh process running `from_wan(..., torch_dtype=bf16)` ("after") and of the previous implementation
+(build a random fp32 FactorPortraitTransformer, copy the loaded Wan into it, `.to(bf16)`: "before").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -59,6 +73,81 @@ def memory_estimate() -> None:
         )
 
 
+def process_rates(data: str, mixture: str, frames: int, steps: int, counts: list[int]) -> None:
+    """model-train with 1..N processes: samples/s and peak RSS per process (psutil polling)."""
+    import psutil
+
+    config = Path(__file__).resolve().parents[1] / "packages" / "model" / "configs" / "accelerate" / "cpu_ddp.yaml"
+    for count in counts:
+        out = Path(tempfile.mkdtemp(prefix=f"train_{count}p_"))
+        args = ["--stage", "1", "--preset", "tiny", "--data", data, "--mixture", mixture, "--frames", str(frames)]
+        args += ["--iterations", str(steps), "--save-every", str(steps), "--output", str(out), "--quiet"]
+        if count == 1:
+            command = [sys.executable, "-m", "factorportrait.cli.train", *args]
+        else:
+            accelerate = str(Path(sys.executable).parent / "accelerate")
+            command = [accelerate, "launch", "--config_file", str(config), "--num_processes", str(count)]
+            command += ["-m", "factorportrait.cli.train", *args]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        metrics, seen, peaks = out / "stage1" / "metrics.jsonl", [], {}
+        while process.poll() is None:
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            seen += [time.perf_counter()] * (len(lines) - len(seen))
+            for child in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
+                try:
+                    if "factorportrait.cli.train" in " ".join(child.cmdline()):
+                        peaks[child.pid] = max(peaks.get(child.pid, 0), child.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.02)
+        lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+        rate = count * (len(seen) - 1) / max(seen[-1] - seen[0], 1e-9) if len(seen) > 1 else float("nan")
+        rss = ", ".join(f"{v / 2**30:.2f}" for v in peaks.values())
+        print(
+            f"{count} process(es) x batch 1: {rate:.2f} samples/s, peak RSS per process {rss} GiB, "
+            f"last loss {lines[-1]['loss']:.4f}"
+        )
+
+
+_LOAD = """
+import resource, sys, torch
+from factorportrait.transformer import FactorPortraitTransformer, load_local_wan
+folder, how = sys.argv[1], sys.argv[2]
+if how == "after":
+    model = FactorPortraitTransformer.from_wan(folder, torch_dtype=torch.bfloat16)
+else:  # the previous from_wan: a random fp32 model next to the loaded Wan, then cast
+    wan = load_local_wan(folder, torch_dtype=torch.bfloat16)
+    model = FactorPortraitTransformer(wan_config=dict(wan.config))
+    state = wan.state_dict()
+    weight = state.pop("patch_embedding.weight")
+    model.wan.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        model.wan.patch_embedding.weight[:, : weight.shape[1]].copy_(weight)
+    model = model.to(dtype=torch.bfloat16)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+
+
+def loading_rss(size: str) -> None:
+    from diffusers import WanTransformer3DModel
+
+    from factorportrait.transformer import WAN_CONFIGS
+
+    folder = Path(tempfile.mkdtemp(prefix=f"wan_{size}_"))
+    with torch.device("meta"):
+        wan = WanTransformer3DModel(**WAN_CONFIGS[size])
+    wan = wan.to_empty(device="cpu").to(torch.bfloat16)
+    for p in wan.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    wan.save_pretrained(folder / "transformer")
+    del wan
+    for how in ("before", "after"):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", _LOAD, str(folder), how], capture_output=True, text=True, env=env)
+        peak = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-300:]}"
+        print(f"from_wan {size} bf16, {how}: peak host RSS {peak} GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset root (e.g. the README's out/demo)")
@@ -67,7 +156,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--processes", type=int, nargs="+", help="run model-train with these process counts")
+    parser.add_argument("--loading", choices=["tiny", "1.3B", "14B"], help="measure from_wan's peak RSS")
     args = parser.parse_args()
+    if args.processes:
+        process_rates(args.data, args.mixture, 5, max(args.steps, 4), args.processes)
+    if args.loading:
+        loading_rss(args.loading)
+    if args.processes or args.loading:
+        return
 
     from factorportrait.train_config import load_train_config, parse_mixture
     from factorportrait.trainer import build_data, build_model, build_vae, encode_batch, flow_matching_step
