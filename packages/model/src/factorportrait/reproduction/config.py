@@ -65,6 +65,7 @@ class ReproConfig:
     vae_steps: int = 600
     vae_batch: int = 4
     vae_frames: int = 5
+    vae_crop: int = 0  # random square crops of this side (multiple of 8) for training windows; 0 = whole frames
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_normals_fraction: float = 0.5  # share of training windows taken from normal-map videos (also VAE-encoded)
@@ -118,6 +119,8 @@ class ReproConfig:
         need(set(self.sequences) <= set(DATAGEN_MODES), "sequences", f"keys among {list(DATAGEN_MODES)}")
         need(len(self.vae_dim_mult) == 4, "vae_dim_mult", "4 entries (3 downsamples = 8x)")
         need((self.vae_frames - 1) % 4 == 0, "vae_frames", "1 + 4k")
+        crop_ok = self.vae_crop % 8 == 0 and 0 <= self.vae_crop <= self.resolution
+        need(crop_ok, "vae_crop", "0 or a multiple of 8 <= resolution")
         need((self.prior_frames - 1) % 4 == 0, "prior_frames", "1 + 4k")
         for name in ("stage_frames", "stage_iterations", "stage_lr"):
             need(len(getattr(self, name)) == 4, name, "one value per stage (4)")

@@ -42,13 +42,21 @@ def load_videos(run_dir: Path, split: str, normals: bool) -> list[tuple[str, np.
     return out
 
 
-def _windows(videos: list[np.ndarray], frames: int, count: int, rng: np.random.Generator) -> torch.Tensor:
-    """[count, 3, frames, H, W] in [-1, 1]: random windows of random videos."""
+def _windows(
+    videos: list[np.ndarray], frames: int, count: int, rng: np.random.Generator, crop: int = 0
+) -> torch.Tensor:
+    """[count, 3, frames, S, S] in [-1, 1]: random windows of random videos, optionally random crops of side
+    `crop` at multiples of 8 (the VAE's grid), so long windows cost what short whole-frame ones do."""
     batch = []
     for _ in range(count):
         video = videos[int(rng.integers(len(videos)))]
         start = int(rng.integers(video.shape[0] - frames + 1))
-        batch.append(torch.from_numpy(video[start : start + frames]))
+        window = video[start : start + frames]
+        if crop and crop < min(window.shape[1:3]):
+            y = 8 * int(rng.integers((window.shape[1] - crop) // 8 + 1))
+            x = 8 * int(rng.integers((window.shape[2] - crop) // 8 + 1))
+            window = np.ascontiguousarray(window[:, y : y + crop, x : x + crop])
+        batch.append(torch.from_numpy(window))
     x = torch.stack(batch).permute(0, 4, 1, 2, 3).float()
     return x / 127.5 - 1.0
 
@@ -80,9 +88,9 @@ def train_vae(config: ReproConfig, run_dir: Path, log=print) -> dict:
     losses, tick = [], time.perf_counter()
     model.train()
     for step in range(config.vae_steps):
-        x = _windows(rgb, config.vae_frames, config.vae_batch - n_normals, rng)
+        x = _windows(rgb, config.vae_frames, config.vae_batch - n_normals, rng, config.vae_crop)
         if n_normals:
-            x = torch.cat([x, _windows(nrm, config.vae_frames, n_normals, rng)])
+            x = torch.cat([x, _windows(nrm, config.vae_frames, n_normals, rng, config.vae_crop)])
         x = x.to(device)
         posterior = model.encode(x).latent_dist
         z = posterior.sample()
