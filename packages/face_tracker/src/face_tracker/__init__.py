@@ -1,0 +1,1 @@
+"""Face tracking onto the avatar head rig."""
