@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+
 import numpy as np
 import torch
 

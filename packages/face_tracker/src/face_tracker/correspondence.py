@@ -3,7 +3,8 @@
 Derived by `packages/face_tracker/tools/pick_correspondence.py` (rerun it to regenerate): kit avatars demo-000
 ... demo-005 rendered at the neutral expression from a frontal camera and at +-15 deg yaw (384 px, 53.1 deg
 FoV, 32 cm); for each of MediaPipe's 468 mesh points, the visible guide-mesh vertex that moves rigidly with the
-head (head weight >= 0.99; skin, not tongue or eyeball) with the smallest mean image distance to the landmarker's point over the 18 renders;
+head (head weight >= 0.99; skin, not tongue or eyeball) with the smallest mean image
+distance to the landmarker's point over the 18 renders;
 points whose best mean distance exceeds 4 px (~1.5% of the face width) are left out, so the table holds the
 points where the landmarker's topology and the rig's agree. The 10 iris points (468-477) are not used
 (gaze is not fitted). Pairs: (MediaPipe index, vertex id).
