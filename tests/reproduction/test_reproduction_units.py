@@ -92,3 +92,22 @@ def test_step_runner_skips_finished_steps_and_redoes_missing_outputs(tmp_path):
     assert StepRunner(tmp_path).run("a", step, ["out.txt"])["summary"] == {"value": 2}
     with pytest.raises(RuntimeError, match="did not write"):
         StepRunner(tmp_path).run("b", lambda: {}, ["missing.txt"])
+
+
+def test_vae_windows_crop_on_the_8_px_grid():
+    from factorportrait.reproduction.vae_train import _windows
+
+    # a video whose pixel (t, y, x) holds t, y, x: a crop must be a contiguous block at a multiple of 8
+    t, y, x = np.meshgrid(np.arange(24), np.arange(64), np.arange(64), indexing="ij")
+    video = np.stack([t, y, x], axis=-1).astype(np.uint8)
+    batch = _windows([video], frames=17, count=6, rng=np.random.default_rng(0), crop=32)
+    assert batch.shape == (6, 3, 17, 32, 32)
+    values = ((batch + 1) * 127.5).round().long()
+    for w in values:
+        t0, y0, x0 = (int(w[c, 0, 0, 0]) for c in range(3))
+        assert y0 % 8 == 0 and x0 % 8 == 0 and t0 + 17 <= 24
+        assert torch.equal(w[0, :, 0, 0], torch.arange(t0, t0 + 17))
+        assert torch.equal(w[1, 0, :, 0], torch.arange(y0, y0 + 32))
+        assert torch.equal(w[2, 0, 0, :], torch.arange(x0, x0 + 32))
+    whole = _windows([video], frames=5, count=1, rng=np.random.default_rng(0), crop=0)
+    assert whole.shape == (1, 3, 5, 64, 64)

@@ -21,7 +21,7 @@ class Detections:
 
     landmarks: np.ndarray  # [T, 478, 2] float32 pixels (NaN where no face)
     found: np.ndarray  # [T] bool
-    score: np.ndarray  # [T] float32 face-detector score in [0, 1] (0 where no face)
+    score: np.ndarray  # [T] float32 face-detector score in [0, 1] (0 where no face, or the detector missed it)
     box: np.ndarray  # [T, 4] float32 x0, y0, x1, y1 pixels of the landmarks' bounding box (NaN where no face)
 
 
@@ -70,7 +70,7 @@ class Landmarker:
             lms[t] = np.array([(p.x * W, p.y * H) for p in pts], np.float32)[:NUM_MP_POINTS]
             found[t] = True
             det = self._detector.process(image)
-            score[t] = max((d.score[0] for d in det.detections), default=0.5) if det.detections else 0.5
+            score[t] = max(d.score[0] for d in det.detections) if det.detections else 0.0
         box = np.full((T, 4), np.nan, np.float32)
         if found.any():
             box[found, :2] = np.nanmin(lms[found], 1)
