@@ -12,6 +12,7 @@ import torch
 from factorportrait.expression_encoder import (
     ExpressionEncoder,
     centre_crop_face,
+    crop_faces,
     encode_video,
     roll_normalise,
 )
@@ -186,3 +187,30 @@ def test_encode_video_shapes(encoder):
     small = [encode_video(encoder, frames, eyes, batch_size=b, size=112) for b in (2, 5)]
     assert torch.allclose(small[0], small[1], atol=1e-4)
     assert encode_video(encoder, frames, None, batch_size=4).shape == (5, 128)
+
+
+def test_crop_faces_undoes_roll_and_frames_the_landmark_box():
+    """A coordinate-coded image (each pixel holds its upright face-frame coordinates) and landmarks on a circle of
+    radius 12 px rotated by 30 deg: the crop must hold the upright coordinates of a `margin` x 24 px square around
+    the circle's centre, row and column aligned (bilinear sampling of a linear field is exact)."""
+    height = width = 64
+    centre, radius, angle, margin, size = np.array([30.0, 34.0]), 12.0, math.radians(30.0), 1.3, 16
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    # canonical points: a dense circle for the box, eyes 36-41 / 42-47 on the horizontal axis (left / right)
+    k = np.arange(68)
+    canon = radius * np.stack([np.cos(2 * np.pi * k / 68), np.sin(2 * np.pi * k / 68)], axis=1)
+    canon[36:42], canon[42:48] = [-5.0, 0.0], [5.0, 0.0]
+    points = canon @ rotation.T + centre  # continuous pixel coordinates (pixel i spans [i, i + 1))
+    v, u = np.mgrid[0:height, 0:width] + 0.5  # pixel centres, continuous coordinates
+    upright = (np.stack([u - centre[0], v - centre[1]], axis=-1)) @ rotation  # R^T (p - c), [H, W, 2]
+    image = torch.zeros(1, 3, height, width)
+    image[0, 0], image[0, 1] = torch.from_numpy(upright[..., 0] / 32), torch.from_numpy(upright[..., 1] / 32)
+
+    crop = crop_faces(image, torch.from_numpy(points)[None].float(), size, margin)[0]
+    side = margin * 2 * radius  # the box of a circle is its diameter whatever the rotation
+    steps = (np.arange(size) + 0.5) / size - 0.5
+    expected_a = np.broadcast_to(side * steps[None, :], (size, size)) / 32  # varies along columns only
+    expected_b = np.broadcast_to(side * steps[:, None], (size, size)) / 32  # along rows only
+    assert np.abs(crop[0].numpy() - expected_a).max() < 0.01  # 0.01 = 0.3 px of the 24 px box
+    assert np.abs(crop[1].numpy() - expected_b).max() < 0.01

@@ -44,6 +44,7 @@ def test_every_artifact_exists(micro_run):
     for split in ("train", "heldout_ids") + (("heldout_seqs",) if config.heldout_sequence_ids else ()):
         for dataset in datasets:
             assert (run / "data" / split / dataset / "manifest" / "manifest.parquet").is_file(), (split, dataset)
+    assert (run / "data" / "instruments" / "PhoneCapture" / "manifest" / "manifest.parquet").is_file()
 
     from factorportrait.expression_encoder import ExpressionEncoder
     from factorportrait.metrics import load_feature_network

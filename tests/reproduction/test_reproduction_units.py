@@ -111,3 +111,24 @@ def test_vae_windows_crop_on_the_8_px_grid():
         assert torch.equal(w[2, 0, 0, :], torch.arange(x0, x0 + 32))
     whole = _windows([video], frames=5, count=1, rng=np.random.default_rng(0), crop=0)
     assert whole.shape == (1, 3, 5, 64, 64)
+
+
+def test_instrument_identities_never_carry_a_heldout_face_shape():
+    """The generated identities for the instruments: new ids (4 digits), distinct, none of them sharing a face
+    shape with a held-out kit identity (the kit's meshes demo-012 ... demo-015 have weight 0 in their mix)."""
+    from avatar_render.demo import demo_index, demo_shape_weights
+
+    from factorportrait.reproduction.data import instrument_identities, render_jobs
+
+    cfg = load_repro_config("cpu", ["instrument_ids=30"])
+    ids = instrument_identities(cfg)
+    assert len(ids) == len(set(ids)) == 30
+    heldout = [demo_index(h) for h in cfg.heldout_ids]
+    for name in ids:
+        index = demo_index(name)
+        assert index >= 16 and name not in cfg.train_ids + cfg.heldout_ids
+        weights = demo_shape_weights(index)
+        assert weights[heldout].sum() == 0 and abs(weights.sum() - 1) < 1e-9
+    jobs = [j for j in render_jobs(cfg, {"PhoneCapture", "DynamicSweep"}) if j.split == "instruments"]
+    assert {j.dataset for j in jobs} == set(cfg.instrument_sequences) and all(j.ids == ids for j in jobs)
+    assert instrument_identities(load_repro_config("cpu", ["instrument_ids=0"])) == []

@@ -123,6 +123,41 @@ def roll_affine(eyes: Tensor, height: int, width: int, scale: float = 2.2, below
     return theta.float()  # [N, 2, 3]
 
 
+def landmark_crop_affine(landmarks: Tensor, height: int, width: int, margin: float = 1.3) -> Tensor:
+    """Landmarks [N, K, 2] (iBUG-68 order, continuous pixels: pixel i spans [i, i + 1) as in the manifest)
+    -> affine_grid theta [N, 2, 3] (align_corners=False) of a roll-normalised face crop.
+
+    The crop is a square of side `margin` x the larger side of the landmarks' bounding box, centred on the box,
+    its axes along the eye line (eye centres = means of points 36-41 and 42-47). Unlike `roll_affine` its size
+    does not shrink with the inter-ocular distance, so profile views keep the whole face in the crop.
+    """
+    points = landmarks.to(torch.float64) - 0.5  # -> pixel centres at integers (this module's convention)
+    left, right = points[:, 36:42].mean(1), points[:, 42:48].mean(1)
+    delta = right - left
+    angle = torch.atan2(delta[:, 1], delta[:, 0])
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    low, high = points.min(1).values, points.max(1).values
+    centre = 0.5 * (low + high)
+    side = margin * (high - low).max(1).values.clamp_min(1.0)
+    theta = torch.stack(
+        [
+            torch.stack([side * cos / width, -side * sin / width, (2 * centre[:, 0] + 1) / width - 1], dim=-1),
+            torch.stack([side * sin / height, side * cos / height, (2 * centre[:, 1] + 1) / height - 1], dim=-1),
+        ],
+        dim=1,
+    )
+    return theta.float()  # [N, 2, 3]
+
+
+def crop_faces(images: Tensor, landmarks: Tensor, size: int, margin: float = 1.3) -> Tensor:
+    """images [N, 3, H, W] float in [-1, 1], landmarks [N, 68, 2] pixels -> face crops [N, 3, size, size]
+    (`landmark_crop_affine`; bilinear, zeros = mid grey outside the image)."""
+    n, _, height, width = images.shape
+    theta = landmark_crop_affine(landmarks, height, width, margin).to(images.device)
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def _roll_normalise_batch(images: Tensor, eyes: Tensor, size: int, scale: float, below: float) -> Tensor:
     """images [N, 3, H, W] float, eyes [N, 2, 2] -> crops [N, 3, size, size]."""
     n, _, height, width = images.shape

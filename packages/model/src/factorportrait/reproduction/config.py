@@ -87,8 +87,14 @@ class ReproConfig:
     train_batch: int = 4
     warmup_steps: int = 20
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    # ---- instruments (ResNet34 trunk, heads: expression 128-d, pose 9-d, identity 128-d)
-    instrument_steps: int = 300
+    # ---- instruments (two ResNet34s: expression 128-d on face crops; pose 9-d + identity 128-d on whole frames)
+    # extra generated demo identities (demo-0016 ...) whose face shapes mix only train identities' meshes, rendered
+    # for the instruments alone (never for fine-tuning): 12 identities cannot teach an expression encoder to tell
+    # expression from face shape. 0 = none; `instrument_sequences`: datagen sequences per such identity.
+    instrument_ids: int = 0
+    instrument_sequences: dict[str, int] = field(default_factory=lambda: {"PhoneCapture": 1, "DynamicSweep": 1})
+    instrument_steps: int = 300  # pose + identity network
+    expression_steps: int = 300  # expression encoder
     instrument_batch: int = 32
     instrument_lr: float = 1e-3
     instrument_size: int = 64  # crop side the instruments see (the frames' own size at 64 px)
@@ -97,6 +103,7 @@ class ReproConfig:
     eval_steps: int = 20  # Euler steps
     eval_frames: int = 17
     eval_clips_per_mode: int = 4  # per split (held-out identities; held-out sequences)
+    swap_variants: list[str] = field(default_factory=lambda: ["full"])  # models that get the swap tests
     contact_sheet_clips: int = 4
 
     def __post_init__(self) -> None:
@@ -129,6 +136,7 @@ class ReproConfig:
         need(self.eval_frames < self.frames_per_sequence, "eval_frames", "< frames_per_sequence (reference frames)")
         need(max(self.stage_frames + [self.prior_frames]) <= self.frames_per_sequence, "stage_frames", "<= sequence")
         need(set(self.variants) <= set(VARIANTS) and "full" in self.variants, "variants", f"subset of {VARIANTS}")
+        need(set(self.swap_variants) <= set(self.variants), "swap_variants", "a subset of variants")
         need(len(self.eval_seeds) >= 1, "eval_seeds", "at least one seed")
 
     def to_dict(self) -> dict[str, Any]:

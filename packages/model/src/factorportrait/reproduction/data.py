@@ -5,6 +5,8 @@ Splits (every root is one datagen render, so a training root never contains a he
   * heldout_ids:  `heldout_ids` (never trained on), `seed`              -> data/heldout_ids/<Dataset>
   * heldout_seqs: `heldout_sequence_ids` (train identities), plans drawn with `heldout_sequence_seed`, so the
                   trajectories, expressions and capture segments are new -> data/heldout_seqs/<Dataset>
+  * instruments:  `instrument_ids` generated demo identities (`instrument_identities`), plans drawn with
+                  `seed + 2`, for training the instruments only             -> data/instruments/<Dataset>
 This module never imports datagen: the orchestrator (pipelines/reproduce.py) runs `datagen render` for each job.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from .config import DATAGEN_MODES, ReproConfig
 
-SPLITS = ("train", "heldout_ids", "heldout_seqs")
+SPLITS = ("train", "heldout_ids", "heldout_seqs", "instruments")
 
 
 @dataclass
@@ -51,12 +53,13 @@ class RenderJob:
 def render_jobs(config: ReproConfig, available: set[str]) -> list[RenderJob]:
     """Every render of the plan whose dataset datagen offers (`available`: dataset names)."""
     jobs = []
-    for split, ids, seed in (
-        ("train", config.train_ids, config.seed),
-        ("heldout_ids", config.heldout_ids, config.seed),
-        ("heldout_seqs", config.heldout_sequence_ids, config.heldout_sequence_seed),
+    for split, ids, seed, plan in (
+        ("train", config.train_ids, config.seed, config.sequences),
+        ("heldout_ids", config.heldout_ids, config.seed, config.sequences),
+        ("heldout_seqs", config.heldout_sequence_ids, config.heldout_sequence_seed, config.sequences),
+        ("instruments", instrument_identities(config), config.seed + 2, config.instrument_sequences),
     ):
-        for dataset, count in config.sequences.items():
+        for dataset, count in plan.items():
             if dataset not in available or count < 1 or not ids:
                 continue
             jobs.append(
@@ -64,7 +67,7 @@ def render_jobs(config: ReproConfig, available: set[str]) -> list[RenderJob]:
                     split=split,
                     dataset=dataset,
                     ids=list(ids),
-                    sequences=count if split == "train" else min(count, config.heldout_sequences),
+                    sequences=count if split in ("train", "instruments") else min(count, config.heldout_sequences),
                     frames=config.frames_per_sequence,
                     resolution=config.resolution,
                     seed=seed,
@@ -76,6 +79,27 @@ def render_jobs(config: ReproConfig, available: set[str]) -> list[RenderJob]:
                 )
             )
     return jobs
+
+
+def instrument_identities(config: ReproConfig) -> list[str]:
+    """The first `instrument_ids` generated demo identities whose face shape mixes only the meshes of the kit
+    identities among `train_ids` (so no held-out identity's shape leaks into the instruments)."""
+    if config.instrument_ids <= 0:
+        return []
+    from avatar_render.demo import MAX_DEMO_AVATARS, NUM_DEMO_AVATARS, demo_id, demo_shape_weights
+
+    allowed = np.zeros(NUM_DEMO_AVATARS, bool)
+    for name in config.train_ids:
+        index = int(name.split("-")[1])
+        if index < NUM_DEMO_AVATARS:
+            allowed[index] = True
+    picked: list[str] = []
+    for index in range(NUM_DEMO_AVATARS, MAX_DEMO_AVATARS):
+        if len(picked) == config.instrument_ids:
+            break
+        if demo_shape_weights(index)[~allowed].sum() == 0:
+            picked.append(demo_id(index))
+    return picked
 
 
 def split_roots(run_dir: Path, split: str) -> dict[str, Path]:

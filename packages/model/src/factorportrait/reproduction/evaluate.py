@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..data.clips import ClipDataset, ClipDatasetConfig
 from .config import CONTROL_MODES, ReproConfig
 from .data import camera_centre, load_sources, split_roots, view_angle_deg
-from .instruments import FILES, load_instrument, rotation_error_deg, to_input
+from .instruments import FILES, apply, face_visible, load_instrument, rotation_error_deg, to_face_input, to_input
 
 METRICS = ("psnr", "ssim", "aed", "pose_deg", "csim")
 SWAPS = ("camera", "expression", "normals", "reference")
@@ -104,30 +104,46 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 class InstrumentSet:
-    """The three instruments; one trunk pass when they share the trunk (as trained here)."""
+    """The three instruments: the expression encoder on face crops (from the ground truth's landmarks, the same
+    crop for a generated frame), pose and identity on whole frames."""
 
     def __init__(self, run_dir: Path, size: int, device: str = "cpu") -> None:
         self.size = size
         self.nets = {k: load_instrument(run_dir, k, device) for k in ("expression", "pose", "identity")}
 
     @torch.no_grad()
-    def __call__(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
-        x = to_input(frames, self.size)
-        out = {}
-        for key, net in self.nets.items():
-            out[key] = torch.cat([net(x[i : i + 64]).float() for i in range(0, len(x), 64)])
-        out["identity"] = F.normalize(out["identity"], dim=-1)
+    def __call__(self, frames: np.ndarray, clip: dict | None = None) -> dict[str, torch.Tensor]:
+        """frames uint8 [T, H, W, 3]; `clip` (its "landmarks" / "landmark_visible", those of the ground truth)
+        places the face crop and says which frames show a face ("face" [T] bool; all without landmarks)."""
+        marks = None if clip is None or "landmarks" not in clip else clip["landmarks"]
+        whole = to_input(frames, self.size)
+        out = {
+            "expression": apply(self.nets["expression"], to_face_input(frames, marks, self.size)),
+            "pose": apply(self.nets["pose"], whole),
+            "identity": F.normalize(apply(self.nets["identity"], whole), dim=-1),
+        }
+        visible = None if marks is None else clip.get("landmark_visible")
+        out["face"] = torch.from_numpy(face_visible(None if visible is None else np.asarray(visible), len(frames)))
         return out
 
 
+def _nanmean(values: list[float]) -> float:
+    """Mean over clips, skipping NaN (AED of a clip without a visible face); NaN when every value is."""
+    arr = np.asarray(values, float)
+    return float(arr[~np.isnan(arr)].mean()) if (~np.isnan(arr)).any() else float("nan")
+
+
 def clip_metrics(pred: np.ndarray, gt: np.ndarray, pred_inst: dict, gt_inst: dict) -> dict[str, float]:
+    """Per-clip metrics; AED over the frames whose ground truth shows a face (NaN when none does)."""
     from ..metrics import psnr_per_frame, ssim_per_frame, to_frames
 
     p, g = to_frames(pred), to_frames(gt)
+    face = gt_inst["face"]
+    expression_l1 = (pred_inst["expression"] - gt_inst["expression"]).abs().mean(-1)[face]
     return {
         "psnr": float(psnr_per_frame(p, g).mean()),
         "ssim": float(ssim_per_frame(p, g).mean()),
-        "aed": float((pred_inst["expression"] - gt_inst["expression"]).abs().mean()),
+        "aed": float(expression_l1.mean()) if len(expression_l1) else float("nan"),
         "pose_deg": float(rotation_error_deg(pred_inst["pose"], gt_inst["pose"]).mean()),
         "csim": float((pred_inst["identity"] * gt_inst["identity"]).sum(-1).mean()),
     }
@@ -232,7 +248,7 @@ def evaluate_model(
         for mode, clips in modes.items():
             cond = Conditions(clips, vae, device)
             gts = [to_uint8(c["video"]) for c in clips]
-            gt_inst = [instruments(g) for g in gts]
+            gt_inst = [instruments(g, c) for g, c in zip(gts, clips, strict=True)]
             shape = tuple(cond.latents["latents"].shape)
             runs = [None] + (list(SWAPS) if swaps and split == "heldout_ids" else [])
             mode_out: dict[str, Any] = {}
@@ -249,7 +265,7 @@ def evaluate_model(
                     per_clip = []
                     for i, clip in enumerate(clips):
                         pred = to_uint8(videos[i])
-                        per_clip.append(clip_metrics(pred, gts[i], instruments(pred), gt_inst[i]))
+                        per_clip.append(clip_metrics(pred, gts[i], instruments(pred, clip), gt_inst[i]))
                         if seed == config.eval_seeds[0] and swap is None:
                             base = Path(run_dir) / "eval" / "videos"
                             rel = Path(split) / mode / f"{safe_name(clip['sequence_id'])}.mp4"
@@ -267,7 +283,7 @@ def evaluate_model(
                                 ref_path.parent.mkdir(parents=True, exist_ok=True)
                                 Image.fromarray(to_uint8(clip["reference"])[0]).save(ref_path)
                     per_seed[seed] = {
-                        "mean": {m: float(np.mean([c[m] for c in per_clip])) for m in METRICS},
+                        "mean": {m: _nanmean([c[m] for c in per_clip]) for m in METRICS},
                         "clips": {clips[i]["sequence_id"]: c for i, c in enumerate(per_clip)},
                     }
                 key = "true" if swap is None else swap
@@ -296,14 +312,14 @@ def baselines(config: ReproConfig, run_dir: Path, splits: dict[str, dict[str, li
             rows = defaultdict(list)
             for clip in clips:
                 gt = to_uint8(clip["video"])
-                gt_inst = instruments(gt)
+                gt_inst = instruments(gt, clip)
                 recon = to_uint8(vae.decode(vae.encode_video(clip["video"][None].to(device))).float().cpu()[0])
                 ref = np.repeat(to_uint8(clip["reference"]), len(gt), axis=0)
                 for name, pred in (("vae", recon), ("reference", ref)):
-                    rows[name].append(clip_metrics(pred, gt, instruments(pred), gt_inst))
+                    rows[name].append(clip_metrics(pred, gt, instruments(pred, clip), gt_inst))
             for name, values in rows.items():
                 out.setdefault(name, {}).setdefault(split, {})[mode] = {
-                    m: float(np.mean([v[m] for v in values])) for m in METRICS
+                    m: _nanmean([v[m] for v in values]) for m in METRICS
                 }
     return out
 

@@ -150,7 +150,7 @@ def run_reproduction(
             steps.run(
                 name,
                 lambda v=variant, m=model_dir: evaluate_model(
-                    config, run_dir, v, m, splits, swaps=v == "full", log=_say
+                    config, run_dir, v, m, splits, swaps=v in config.swap_variants, log=_say
                 ),
                 [f"eval/videos/{variant}"],
             )
