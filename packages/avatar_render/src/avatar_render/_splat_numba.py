@@ -16,10 +16,12 @@ would take its T to <= 1e-4) and (b) within a conservative span of the ellipse a
 that row. Each pixel still sees its Gaussians in depth order with the reference's arithmetic, and a
 tile's pixels belong to one thread only, so the image does not depend on the thread count.
 
-Why Gaussian-major (measured on demo-003, 256 px, one thread): the earlier pixel-major walk tested
+Why Gaussian-major (demo-003, 256 px, one thread, loaded machine): the earlier pixel-major walk tested
 every Gaussian of a tile's list against every pixel's box (~72 ms); Gaussian-major over box pixels
 ~40 ms; skipping finished pixels and pixels outside the ellipse span leaves ~1 M alpha evaluations
-for ~5 M box pairs.
+for ~5 M box pairs (~30 ms), and selects instead of branches in the pixel loop ~19 ms of CPU time.
+CPU time per frame (prepare + composite, one thread): 32 px 1.8 + 2.2 ms, 64 px 2.0 + 3.6,
+128 px 2.3 + 7.3, 256 px 2.8 + 18.8, 512 px 3.2 + 55, 1024 px 4.2 + 178.
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ def composite_tiles(
     out: np.ndarray,  # [H * W, D + 1] float64 zeros: sum of w * colour, then sum of w
 ) -> None:
     half, one, thr, max_alpha, t_eps = consts[0], consts[1], consts[2], consts[3], consts[4]
+    zero = one - one  # in the input dtype
     d = colors.shape[1]
     tiles_w = (width + tile - 1) // tile
     n_tiles = offsets.shape[0] - 1
@@ -225,8 +228,6 @@ def composite_tiles(
             mx, my = feats[g, 0], feats[g, 1]
             ca, cb, cc, op = feats[g, 2], feats[g, 3], feats[g, 4], feats[g, 5]
             st = sig_t[g]
-            # alpha = o exp(-sigma) < threshold certainly when -sigma < -st - margin (skips the exp).
-            cut = -(st + 1e-3 * (1.0 + abs(st)))
             box_bits = ((np.int64(1) << (x1 - tx0)) - 1) ^ ((np.int64(1) << (x0 - tx0)) - 1)
             # Per row, the span where sigma <= st can hold: 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= tm solved in
             # float64, dx = mx + (b / a) dy +- sqrt(2 tm / a - det / a^2 dy^2) with det = a c - b^2. The margin
@@ -275,23 +276,23 @@ def composite_tiles(
                     dx = mx - centres[px]
                     # The reference's rounding: -0.5 (a dx^2) - 0.5 (c dy^2) - (b dx) dy, no FMA.
                     neg_sigma = (-(half * (ca * dx * dx)) + hc) + (-(cb * dx)) * dy
-                    if not (neg_sigma <= 0) or neg_sigma < cut:
-                        continue
-                    alpha = min(max_alpha, op * np.exp(neg_sigma))
-                    if not (alpha >= thr):
-                        continue
+                    # Selects rather than branches (~30% faster at 256 px): inside the span most pixels pass,
+                    # and a rejected pair (alpha 0) leaves T and the sums unchanged.
+                    alpha = min(max_alpha, op * np.exp(min(neg_sigma, zero)))
+                    if not (neg_sigma <= zero and alpha >= thr):
+                        alpha = zero
                     p = base + px
                     tr = trans[p]
                     next_t = tr * (one - alpha)
-                    if next_t <= t_eps:  # the pixel ends here, without this Gaussian
+                    keep = next_t > t_eps  # else the pixel ends here, without this Gaussian
+                    w = np.float64(alpha) * np.float64(tr) if keep else 0.0
+                    if not keep:
                         live_rows[ry] &= ~bit
                         live -= 1
-                        continue
-                    w = np.float64(alpha) * np.float64(tr)
+                    trans[p] = next_t
                     o = row + px
                     for j in range(d):
                         out[o, j] += w * colors[g, j]
                     out[o, d] += w
-                    trans[p] = next_t
             if live == 0:
                 break

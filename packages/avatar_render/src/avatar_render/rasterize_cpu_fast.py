@@ -20,7 +20,8 @@ its ellipse alpha >= 1/255 on that row, and a pixel leaves at the first Gaussian
 tested every Gaussian of a tile's list against every pixel of the tile (~5 M box pairs at 256 px,
 ~75 ms), and its numpy / PyTorch set-up (stable argsort, gathers, boxes, binning) cost ~10 ms at every
 size, more than the walk itself at 64 px. Gaussian-major with live masks and spans evaluates ~1 M
-alphas at 256 px (the pairs a pixel really composites), ~25 ms; the compiled set-up costs 2-4 ms.
+alphas at 256 px (about the pairs a pixel really composites), ~19 ms of CPU time; the compiled set-up
+costs ~2-3 ms (64 px: 2.0 + 3.6 ms, 128 px: 2.3 + 7.3 ms).
 
 engine "torch" (fallback without numba): the depth-sorted Gaussians are walked in chunks of about
 4 pairs per pixel. Each chunk is expanded to (Gaussian, row) spans solved from the ellipse
