@@ -7,7 +7,7 @@ is missing. Two steps:
 index order, like the reference's stable argsort and gsplat's radix sort), per Gaussian the pixel box
 of centres within its radius clipped to the gsplat tile rectangle the reference bins it to, the
 gathered per-Gaussian tables, and a counting sort of (Gaussian, work tile) overlaps by tile that
-keeps depth order within a tile. All of it is O(Gaussians + overlaps), ~1-2 ms for demo avatars.
+keeps depth order within a tile. All of it is O(Gaussians + overlaps), ~2-4 ms for demo avatars.
 
 `composite_tiles` (parallel over work tiles): Gaussian-major, as RasterizeToPixels3DGSFwd.cu walks a
 tile: each Gaussian of the tile's depth-ordered list visits only the pixels of its box in the tile,

@@ -275,61 +275,71 @@ def _work_tile(width: int, height: int, threads: int) -> int:
     return 32 if threads == 1 or tiles32 >= 16 * threads else 16
 
 
-def _composite_camera_numba(
+def _rasterize_numba(
     kernels,  # noqa: ANN001 - (prepare, composite_tiles)
-    means2d: Tensor,  # [N, 2] one camera, all Gaussians
-    conics: Tensor,  # [N, 3]
-    colors: Tensor,  # [N, D]
-    opacities: Tensor,  # [N]
-    radii: Tensor,  # [N, 2] int, 0 = culled
-    depths: Tensor,  # [N]
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    radii: Tensor,  # [C, N, 2] int, 0 = culled
+    depths: Tensor,  # [C, N]
     width: int,
     height: int,
+    backgrounds: Tensor | None,  # [C, D]
     tile_size: int,
-) -> tuple[Tensor, Tensor]:  # sum of weight * colour [H * W, D] float64, sum of weights [H * W] float64
-    """The compiled engine: set-up (sort, boxes, binning) and compositing both in numba.
+) -> tuple[Tensor, Tensor]:  # colors [C, H, W, D], alphas [C, H, W, 1] in the means' dtype, on its device
+    """The compiled engine: set-up (sort, boxes, binning) and compositing both in numba, glue in numpy.
 
     Why the set-up is compiled too: after the compositing loop became Gaussian-major (see _splat_numba),
     the numpy / PyTorch set-up (stable argsort, gathers, box and tile passes over every Gaussian) was
-    ~10 ms of a 15-35 ms frame on demo-003 at 64-256 px; in one serial numba pass it is ~2-4 ms.
+    ~10 ms of a 15-35 ms frame on demo-003 at 64-256 px; in one serial numba pass it is ~2-4 ms. The
+    glue avoids PyTorch ops too: on a 2-core machine busy with other work, each of PyTorch's parallel
+    regions (copies and casts of >= 32k elements) can wait a scheduler time slice for its second thread,
+    which measured several ms per frame at 64 px.
     """
     import numba
     import numpy as np
 
     prepare, kernel = kernels
-    d = colors.shape[1]
+    cams, d = colors.shape[0], colors.shape[-1]
+    device = means2d.device
     # The reference computes in the means' dtype (colours and conics cast to it); float32 or float64 here.
     dtype = torch.float32 if means2d.dtype == torch.float32 else torch.float64
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    out = np.zeros((width * height, d + 1), dtype=np.float64)
 
-    def arr(t: Tensor, to: torch.dtype | None = None) -> np.ndarray:
-        return t.to(to or t.dtype).contiguous().numpy()
+    def arr(t: Tensor, to: torch.dtype) -> np.ndarray:
+        t = t.detach().cpu()
+        return (t if t.dtype == to else t.to(to)).numpy()  # a view when nothing needs converting
 
+    depth_dtype = torch.float64 if depths.dtype == torch.float64 else torch.float32
+    m2, con, col, op = (arr(t, dtype) for t in (means2d, conics, colors, opacities))
+    rad, dep = arr(radii, torch.int64), arr(depths, depth_dtype)
+    bg = None if backgrounds is None else arr(backgrounds, torch.float64)
+    colour = np.empty((cams, height, width, d), dtype=np_dtype)
+    alpha = np.empty((cams, height, width, 1), dtype=np_dtype)
     # Below ~128 x 128 px a parallel launch on a busy machine costs more than it saves: one thread there
     # (the image does not depend on the count).
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, width * height // 16384))
     ts = _work_tile(width, height, threads)
-    offsets, ids, feats, boxes, cols, sig_t = prepare(
-        arr(means2d, dtype),
-        arr(conics, dtype),
-        arr(colors, dtype),
-        arr(opacities, dtype),
-        arr(radii, torch.int64),
-        arr(depths, torch.float64 if depths.dtype == torch.float64 else torch.float32),
-        int(tile_size),
-        width,
-        height,
-        ts,
-        ALPHA_THRESHOLD,
-    )
-    if ids.size > 0:
-        consts = np.array([0.5, 1.0, ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS], dtype=np_dtype)
-        centres = (np.arange(max(width, height)) + 0.5).astype(np_dtype)
-        numba.set_num_threads(threads)
-        kernel(offsets, ids, feats, boxes, cols, sig_t, width, height, ts, centres, consts, out)
-    acc = torch.from_numpy(out)
-    return acc[:, :d], acc[:, d]
+    consts = np.array([0.5, 1.0, ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS], dtype=np_dtype)
+    centres = (np.arange(max(width, height)) + 0.5).astype(np_dtype)
+    c_ = np.ascontiguousarray
+    for c in range(cams):
+        out = np.zeros((width * height, d + 1), dtype=np.float64)  # sum of w * colour, sum of w
+        offsets, ids, feats, boxes, cols, sig_t = prepare(
+            c_(m2[c]), c_(con[c]), c_(col[c]), c_(op[c]), c_(rad[c]), c_(dep[c]), tile_size, width, height, ts,
+            ALPHA_THRESHOLD,
+        )  # fmt: skip
+        if ids.size > 0:
+            numba.set_num_threads(threads)
+            kernel(offsets, ids, feats, boxes, cols, sig_t, width, height, ts, centres, consts, out)
+        acc = out[:, :d]
+        if bg is not None:
+            acc = acc + (1.0 - out[:, d:]) * bg[c]
+        colour[c] = acc.reshape(height, width, d)  # rounded once to the output dtype
+        alpha[c] = out[:, d:].reshape(height, width, 1)
+    out_dtype = means2d.dtype
+    return torch.from_numpy(colour).to(device, out_dtype), torch.from_numpy(alpha).to(device, out_dtype)
 
 
 @torch.no_grad()
@@ -372,33 +382,28 @@ def rasterize_to_pixels_fast(
     kernel = _numba_kernel() if engine in ("auto", "numba") else None
     if engine == "numba" and kernel is None:
         raise RuntimeError("engine='numba' needs the numba package (pip install numba); engine='torch' does without")
+    if kernel is not None:
+        return _rasterize_numba(
+            kernel, means2d, conics, colors, opacities, radii, depths, width, height, backgrounds, int(tile_size)
+        )
     dtype, device = means2d.dtype, means2d.device
     out_c, out_a = [], []
     for c in range(cams):
-        if kernel is not None:
-            col, alpha = _composite_camera_numba(
-                kernel,
-                *(t[c].detach().cpu() for t in (means2d, conics.to(dtype), colors, opacities.to(dtype), radii, depths)),
-                width,
-                height,
-                int(tile_size),
-            )
-        else:
-            vis = ((radii[c, :, 0] > 0) & (radii[c, :, 1] > 0)).nonzero().squeeze(1).cpu()
-            order = vis[torch.argsort(depths[c, vis.to(device)].cpu(), stable=True)]
-            m2 = means2d[c].cpu()[order]
-            lo, hi = _pixel_boxes(m2, radii[c].cpu()[order], int(tile_size), width, height)
-            inputs = (
-                m2,
-                conics[c].cpu()[order].to(dtype),
-                colors[c].cpu()[order],
-                opacities[c].cpu()[order].to(dtype),
-                lo,
-                hi,
-                width,
-                height,
-            )
-            col, alpha = _composite_camera(*inputs, _chunk_pairs(width * height, int(max_pairs)))
+        vis = ((radii[c, :, 0] > 0) & (radii[c, :, 1] > 0)).nonzero().squeeze(1).cpu()
+        order = vis[torch.argsort(depths[c, vis.to(device)].cpu(), stable=True)]
+        m2 = means2d[c].cpu()[order]
+        lo, hi = _pixel_boxes(m2, radii[c].cpu()[order], int(tile_size), width, height)
+        inputs = (
+            m2,
+            conics[c].cpu()[order].to(dtype),
+            colors[c].cpu()[order],
+            opacities[c].cpu()[order].to(dtype),
+            lo,
+            hi,
+            width,
+            height,
+        )
+        col, alpha = _composite_camera(*inputs, _chunk_pairs(width * height, int(max_pairs)))
         out_c.append(col.reshape(height, width, d))
         out_a.append(alpha.reshape(height, width, 1))
     colour = torch.stack(out_c)
