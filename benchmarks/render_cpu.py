@@ -21,6 +21,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,25 @@ def main() -> None:
         )
     say()
     say(f"memory: 1024 px, {big[0]} Gaussians, fast path: {big[1]:.0f} ms, process peak RSS {big[2]:.2f} GiB")
+    say()
+    # Load from other jobs drifts over the minutes between the blocks above; back-to-back pairs see the same load.
+    say("Interleaved: reference and fast run back to back, repeats as above; ratio of the medians (and range of")
+    say("the per-pair ratios).")
+    say()
+    say("| size | reference ms (median) | fast ms (median) | fast vs ref | per-pair range |")
+    say("|---:|---:|---:|---:|---:|")
+    ref_fn, fast_fn = dict(paths)["reference"], dict(paths)["fast"]
+    for size in args.sizes:
+        a, pairs = cases[size][2], []
+        with torch.no_grad():
+            for _ in range(repeats_for(size, args.repeats)):
+                t_r, _ = best_ms(lambda size=size, a=a: ref_fn(size, a), 1)
+                t_f, _ = best_ms(lambda size=size, a=a: fast_fn(size, a), 1)
+                pairs.append((t_r, t_f))
+        med_r = statistics.median(p[0] for p in pairs)
+        med_f = statistics.median(p[1] for p in pairs)
+        ratios = [p[0] / p[1] for p in pairs]
+        say(f"| {size} | {med_r:.1f} | {med_f:.1f} | {med_r / med_f:.1f}x | {min(ratios):.1f}x - {max(ratios):.1f}x |")
     save()
 
     if not args.no_e2e:
