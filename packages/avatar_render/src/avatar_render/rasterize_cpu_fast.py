@@ -35,7 +35,8 @@ Measured earlier on demo-003 at 2 threads on a quiet machine (ms/frame, referenc
 at <= 64 px, being bound by ~30 tensor passes over every candidate pair; the compiled loop meets it at
 every size (benchmarks/results/render_cpu.md), so it is the default and PyTorch the fallback. numba
 ships wheels for Linux, macOS and Windows; nothing is compiled at install time, the kernels are
-JIT-compiled once (a few seconds) and cached next to the module.
+JIT-compiled on first use per dtype (~8 s on a loaded 2-core machine) and cached next to the module
+(loading the cache: ~1.5 s per process).
 
 Same rules as the kernel and the reference: sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with the
 reference's rounding, alpha = min(0.999, o exp(-sigma)), skipped for sigma < 0 or alpha < 1/255, a
