@@ -9,8 +9,9 @@ gsplat is timed too when CUDA is present.
         [--markdown benchmarks/results/render_cpu.md]
 
 Timings are the best of a few repeats (fewer at large sizes): on a shared machine the best run is the
-least disturbed one. Peak memory is the process's peak RSS after each path has run at that size (it only
-grows, so each path is run for all sizes before the next path).
+least disturbed one; the CPU time (process, all threads) of the same runs is printed too, as on a machine
+loaded by other jobs wall time mostly measures the scheduler. Peak memory is the process's peak RSS after
+each path has run at that size (it only grows, so each path is run for all sizes before the next path).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,12 +121,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def best_ms(fn, repeats: int) -> tuple[float, object]:
-    result, best = None, math.inf
+#: CPU time (process, all threads) of the best-of-repeats runs, per (path, size): on a machine loaded by other
+#: jobs wall time mostly measures the scheduler, CPU time the work.
+CPU_MS: dict[tuple[str, int], float] = {}
+
+
+def best_ms(fn, repeats: int, cpu_key: tuple[str, int] | None = None) -> tuple[float, object]:
+    result, best, best_cpu = None, math.inf, math.inf
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = fn()
         best = min(best, time.perf_counter() - t)
+        best_cpu = min(best_cpu, time.process_time() - c)
+    if cpu_key is not None:
+        CPU_MS[cpu_key] = 1e3 * best_cpu
     return 1e3 * best, result
 
 
@@ -233,7 +243,9 @@ def main() -> None:
             with torch.no_grad():
                 if size <= 256:
                     fn(size, a)  # warm-up
-                ms, image = best_ms(lambda size=size, a=a, fn=fn: fn(size, a), repeats_for(size, args.repeats))
+                ms, image = best_ms(
+                    lambda size=size, a=a, fn=fn: fn(size, a), repeats_for(size, args.repeats), (name, size)
+                )
             results[size][name] = (ms, image, peak_rss_gib())
         if name == "fast":
             big = memory_check(g)
@@ -259,7 +271,38 @@ def main() -> None:
         )
     say()
     say("coverage diff: pixels drawn by fast or torch engine and not by the reference, or the reverse.")
+    say()
+    say("CPU time (process, all threads; best of the same repeats), ms/frame:")
+    say()
+    say("| size | reference CPU ms | fast CPU ms | torch-engine CPU ms | naive CPU ms | fast vs ref | fast vs naive |")
+    say("|---:|---:|---:|---:|---:|---:|---:|")
+    for size in args.sizes:
+        c = {name: CPU_MS[(name, size)] for name in ("reference", "fast", "torch", "naive")}
+        say(
+            f"| {size} | {c['reference']:.1f} | {c['fast']:.1f} | {c['torch']:.1f} | {c['naive']:.1f} | "
+            f"{c['reference'] / c['fast']:.1f}x | {c['naive'] / c['fast']:.1f}x |"
+        )
+    say()
     say(f"memory: 1024 px, {big[0]} Gaussians, fast path: {big[1]:.0f} ms, process peak RSS {big[2]:.2f} GiB")
+    say()
+    # Load from other jobs drifts over the minutes between the blocks above; back-to-back pairs see the same load.
+    say("Interleaved: reference and fast run back to back, repeats as above; ratio of the medians (and range of")
+    say("the per-pair ratios).")
+    say()
+    say("| size | reference ms (median) | fast ms (median) | fast vs ref | per-pair range |")
+    say("|---:|---:|---:|---:|---:|")
+    ref_fn, fast_fn = dict(paths)["reference"], dict(paths)["fast"]
+    for size in args.sizes:
+        a, pairs = cases[size][2], []
+        with torch.no_grad():
+            for _ in range(repeats_for(size, args.repeats)):
+                t_r, _ = best_ms(lambda size=size, a=a: ref_fn(size, a), 1)
+                t_f, _ = best_ms(lambda size=size, a=a: fast_fn(size, a), 1)
+                pairs.append((t_r, t_f))
+        med_r = statistics.median(p[0] for p in pairs)
+        med_f = statistics.median(p[1] for p in pairs)
+        ratios = [p[0] / p[1] for p in pairs]
+        say(f"| {size} | {med_r:.1f} | {med_f:.1f} | {med_r / med_f:.1f}x | {min(ratios):.1f}x - {max(ratios):.1f}x |")
     save()
 
     if not args.no_e2e:

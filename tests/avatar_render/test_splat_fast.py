@@ -1,11 +1,17 @@
 """The no-grad fast CPU compositor against the differentiable reference path and the kernel's rules.
 
 The reference (rasterize_cpu.rasterize_to_pixels) is an independent implementation: tiles, padded
-batches and a float cumprod, where the fast path expands (Gaussian, pixel) pairs per row and uses
-float64 log-sums. Both must give the same image (up to rounding) and exactly the same coverage.
+batches and a float cumprod, where the fast path's torch engine expands (Gaussian, pixel) pairs per row
+with float64 log-sums and its numba engine walks ellipse spans of live pixels per work tile. Both must
+give the same image (up to rounding) and exactly the same coverage.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,23 +125,103 @@ def test_fast_matches_reference_on_demo_avatar() -> None:
     assert torch.allclose(depth_fast, depth_ref, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_thread_count_does_not_change_the_image(engine: str) -> None:
+def _thread_scene() -> tuple[tuple[Tensor, ...], int, int]:
+    """A frame large enough (>= 2 x 16384 px) that the numba engine runs 2 threads when allowed."""
     gs = random_scene(3000, 5, torch.float32, scale=(0.01, 0.1))
-    # numba runs one thread below 128 x 128 px: a larger frame there, a small one for the slower torch engine.
-    w, h = (184, 180) if engine == "numba" else (96, 80)
-    cam = cameras(1, w, h, 0.9, torch.float32)
-    args = projected(gs, cam)
+    w, h = 184, 180
+    return projected(gs, cameras(1, w, h, 0.9, torch.float32)), w, h
+
+
+def _thread_case(out_path: str) -> None:
+    """Run in a subprocess with NUMBA_NUM_THREADS=2: the numba engine's image at 2 threads."""
+    import numba
+
+    torch.set_num_threads(2)
+    args, w, h = _thread_scene()
+    image = rasterize_to_pixels_fast(*args, w, h, engine="numba")
+    torch.save({"image": image, "threads": numba.get_num_threads()}, out_path)
+
+
+def test_thread_count_does_not_change_the_image_torch() -> None:
+    gs = random_scene(3000, 5, torch.float32, scale=(0.01, 0.1))
+    w, h = 96, 80
+    args = projected(gs, cameras(1, w, h, 0.9, torch.float32))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = rasterize_to_pixels_fast(*args, w, h, max_pairs=20000, engine=engine)
+        one = rasterize_to_pixels_fast(*args, w, h, max_pairs=20000, engine="torch")
         torch.set_num_threads(2)
-        two = rasterize_to_pixels_fast(*args, w, h, max_pairs=20000, engine=engine)
+        two = rasterize_to_pixels_fast(*args, w, h, max_pairs=20000, engine="torch")
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert bool((one[1] > 0).any())
+
+
+@pytest.mark.skipif(fast_mod._numba_kernel() is None, reason="no numba")
+def test_thread_count_does_not_change_the_image_numba(tmp_path: Path) -> None:
+    # numba's thread pool size is fixed per process (NUMBA_NUM_THREADS), so 2 threads run in a child.
+    out = tmp_path / "two.pt"
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_splat_fast as t; "
+    code += f"t._thread_case({str(out)!r})"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
+    two = torch.load(out)
+    assert two["threads"] == 2  # the child really composited on 2 threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        args, w, h = _thread_scene()
+        one = rasterize_to_pixels_fast(*args, w, h, engine="numba")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two["image"][0]) and torch.equal(one[1], two["image"][1])
+    assert bool((one[1] > 0).any())
+
+
+@pytest.mark.skipif(fast_mod._numba_kernel() is None, reason="no numba")
+def test_numba_work_tile_does_not_change_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    gs = random_scene(2000, 11, torch.float32, scale=(0.003, 0.15))
+    w, h = 71, 45
+    args = projected(gs, cameras(1, w, h, 0.8, torch.float32))
+    images = []
+    for tile in (8, 16, 32):
+        monkeypatch.setattr(fast_mod, "_work_tile", lambda width, height, threads, tile=tile: tile)
+        images.append(rasterize_to_pixels_fast(*args, w, h, tile_size=16, engine="numba"))
+    for other in images[1:]:
+        assert torch.equal(images[0][0], other[0]) and torch.equal(images[0][1], other[1])
+    ref_c, ref_a = rasterize_to_pixels(*args, w, h, tile_size=16)
+    assert torch.equal(images[0][1] > 0, ref_a > 0)
+    assert torch.allclose(images[0][0][..., :3], ref_c[..., :3], atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fast_matches_reference_on_hard_cases(engine: str) -> None:
+    """Depth ties (order by index), thin and strongly tilted large ellipses, opacities near 1/255 and near 1."""
+    gs = random_scene(1200, 13, torch.float32, scale=(0.0005, 0.12))
+    gen = torch.Generator().manual_seed(3)
+    logits = gs.opacity_logits.clone()
+    pick = torch.rand(len(gs), generator=gen)
+    logits[pick < 0.2] = torch.logit(torch.tensor(1.05 / 255))  # just above the threshold
+    logits[pick > 0.8] = torch.logit(torch.tensor(0.9995))  # pixels finish early (T <= 1e-4)
+    gs = GaussianSet(means=gs.means, quats=gs.quats, log_scales=gs.log_scales, opacity_logits=logits, sh=gs.sh)
+    w, h = 53, 37
+    cam = cameras(1, w, h, 1.3, torch.float32)
+    means2d, conics, colors, opac, radii, depths = projected(gs, cam)
+    depths = (depths * 8).round() / 8  # many exact ties
+    visible = (radii > 0).all(-1)
+    assert int(visible.sum()) - int(torch.unique(depths[visible]).numel()) > 100
+    # Strongly correlated (thin, tilted) ellipses are present: |b| / sqrt(a c) close to 1.
+    corr = conics[..., 1].abs() / (conics[..., 0] * conics[..., 2]).sqrt()
+    assert bool((visible & (corr > 0.95)).any())
+    args = (means2d, conics, colors, opac, radii, depths)
+    ref_c, ref_a = rasterize_to_pixels(*args, w, h, tile_size=8)
+    fast_c, fast_a = rasterize_to_pixels_fast(*args, w, h, tile_size=8, engine=engine)
+    assert torch.equal(fast_a > 0, ref_a > 0)
+    assert torch.allclose(fast_a, ref_a, atol=2e-5, rtol=0)
+    assert torch.allclose(fast_c[..., :3], ref_c[..., :3], atol=2e-5, rtol=0)
+    assert 0.2 < float((ref_a > 0).float().mean()) < 1.0
+    assert float((ref_a > 0.999).float().mean()) > 0.05  # finished pixels exist
 
 
 def test_render_dispatch_uses_fast_path_without_grad_and_reference_with_grad(monkeypatch: pytest.MonkeyPatch) -> None:

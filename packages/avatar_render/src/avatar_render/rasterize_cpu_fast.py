@@ -5,15 +5,23 @@ pixel) triple of every depth chunk, padded to the longest list of a batch of til
 demo-003 (35.7k Gaussians) at 64 px put ~85% of its ~0.35-0.7 s in `torch.exp` and `_composite_chunk`,
 while the useful work is a few hundred thousand (Gaussian, pixel) pairs.
 
-Both engines share the set-up: visible Gaussians sorted by depth once per camera (stable: ties keep
-index order, as gsplat's radix sort does), and per Gaussian the pixel box whose centres lie within its
+Both engines take the visible Gaussians sorted by depth once per camera (stable: ties keep index
+order, as gsplat's radix sort does), and per Gaussian the pixel box whose centres lie within its
 opacity-aware radius (beyond it alpha < 1/255), clipped to the gsplat tile rectangle the reference
 bins it to, so exactly the same (Gaussian, pixel) pairs are candidates.
 
-engine "numba" (default when numba imports; _splat_numba.py): the kernel's own loop. Boxes are
-counting-sorted into small work tiles (4-16 px, from the typical box size), tiles run in parallel and
-each pixel walks its tile's depth-ordered list, skipping Gaussians whose box misses it and stopping at
-the first that would take T to <= 1e-4. Work is then ~ the pairs a pixel really composites.
+engine "numba" (default when numba imports; _splat_numba.py), set-up and compositing compiled:
+`prepare` sorts (LSD radix sort of the depth keys), boxes, gathers and counting-sorts the
+(Gaussian, work tile) overlaps by tile in one serial pass; `composite_tiles` runs the work tiles in
+parallel, Gaussian-major like the CUDA kernel: each Gaussian of a tile's depth-ordered list visits the
+pixels of its box in the tile that are still live (row bit masks) and inside a conservative span of
+its ellipse alpha >= 1/255 on that row, and a pixel leaves at the first Gaussian that would take T to
+<= 1e-4. Why, measured (demo-003, one thread, loaded 2-core machine): the previous pixel-major walk
+tested every Gaussian of a tile's list against every pixel of the tile (~5 M box pairs at 256 px,
+~75 ms), and its numpy / PyTorch set-up (stable argsort, gathers, boxes, binning) cost ~10 ms at every
+size, more than the walk itself at 64 px. Gaussian-major with live masks and spans evaluates ~1 M
+alphas at 256 px (about the pairs a pixel really composites), ~19 ms of CPU time; the compiled set-up
+costs ~2-3 ms (64 px: 2.0 + 3.6 ms, 128 px: 2.3 + 7.3 ms).
 
 engine "torch" (fallback without numba): the depth-sorted Gaussians are walked in chunks of about
 4 pairs per pixel. Each chunk is expanded to (Gaussian, row) spans solved from the ellipse
@@ -22,12 +30,13 @@ sigma <= ln(255 o) (with a rounding margin), spans and then pairs on finished pi
 the survivors, pairs are sorted by (pixel, depth), and T is a segmented product formed from float64
 cumsums of log(1 - alpha). No scatter-add with a thread-dependent order is involved.
 
-Measured on demo-003 at 2 threads on a quiet machine (ms/frame, reference / torch engine / numba):
-64 px 362 / 32 / ~10, 128 px 368 / 58 / ~20, 256 px 394 / 136 / ~40. The pure-PyTorch engine met the
-10x target only at <= 64 px, being bound by ~30 tensor passes over every candidate pair; the compiled
-loop meets it at every size (benchmarks/results/render_cpu.md), so it is the default and PyTorch the
-fallback. numba ships wheels for Linux, macOS and Windows; nothing is compiled at install time, the
-kernel is JIT-compiled once (~2 s) and cached next to the module.
+Measured earlier on demo-003 at 2 threads on a quiet machine (ms/frame, reference / torch engine):
+64 px 362 / 32, 128 px 368 / 58, 256 px 394 / 136. The pure-PyTorch engine meets the 10x target only
+at <= 64 px, being bound by ~30 tensor passes over every candidate pair; the compiled loop meets it at
+every size (benchmarks/results/render_cpu.md), so it is the default and PyTorch the fallback. numba
+ships wheels for Linux, macOS and Windows; nothing is compiled at install time, the kernels are
+JIT-compiled on first use per dtype (~8 s on a loaded 2-core machine) and cached next to the module
+(loading the cache: ~1.5 s per process).
 
 Same rules as the kernel and the reference: sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with the
 reference's rounding, alpha = min(0.999, o exp(-sigma)), skipped for sigma < 0 or alpha < 1/255, a
@@ -245,81 +254,93 @@ def _composite_camera(
     return acc[:, :d], acc[:, d]
 
 
-#: Tile edge (pixels) of the compiled path's work units; any value gives the same image.
-_NUMBA_TILE = 16
 ENGINES = ("auto", "numba", "torch")
 
 
-def _numba_kernel():  # noqa: ANN202 - (bin_to_tiles, composite_tiles) numba dispatchers, or None without numba
+def _numba_kernel():  # noqa: ANN202 - (prepare, composite_tiles) numba dispatchers, or None without numba
     try:
-        from ._splat_numba import bin_to_tiles, composite_tiles, pixel_boxes
+        from ._splat_numba import composite_tiles, prepare
     except Exception:  # not installed, or unusable here (e.g. no writable cache location): use PyTorch
         return None
-    return bin_to_tiles, composite_tiles, pixel_boxes
+    return prepare, composite_tiles
 
 
-def _composite_camera_numba(
-    kernels,  # noqa: ANN001 - (bin_to_tiles, composite_tiles, pixel_boxes)
-    means2d: Tensor,  # [N, 2] one camera, all Gaussians
-    conics: Tensor,  # [N, 3]
-    colors: Tensor,  # [N, D]
-    opacities: Tensor,  # [N]
-    radii: Tensor,  # [N, 2] int, 0 = culled
-    depths: Tensor,  # [N]
+def _work_tile(width: int, height: int, threads: int) -> int:
+    """Edge of the compiled engine's work tiles (any value <= 32 gives the same image).
+
+    Larger tiles mean fewer (Gaussian, tile) overlaps to walk (finished pixels cost little: row bit
+    masks), smaller ones more tiles to spread over threads. On demo-003 (one thread, 32-512 px) 32 px
+    tiles measured 10-30% faster than 16 and 8; with several threads we keep >= 16 tiles per thread.
+    """
+    tiles32 = math.ceil(width / 32) * math.ceil(height / 32)
+    return 32 if threads == 1 or tiles32 >= 16 * threads else 16
+
+
+def _rasterize_numba(
+    kernels,  # noqa: ANN001 - (prepare, composite_tiles)
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    radii: Tensor,  # [C, N, 2] int, 0 = culled
+    depths: Tensor,  # [C, N]
     width: int,
     height: int,
+    backgrounds: Tensor | None,  # [C, D]
     tile_size: int,
-) -> tuple[Tensor, Tensor]:  # sum of weight * colour [H * W, D] float64, sum of weights [H * W] float64
-    """The compiled engine. Set-up is in numpy / serial numba too: on small frames it dominates, and
-    many small parallel torch ops are what suffers most on a busy machine."""
+) -> tuple[Tensor, Tensor]:  # colors [C, H, W, D], alphas [C, H, W, 1] in the means' dtype, on its device
+    """The compiled engine: set-up (sort, boxes, binning) and compositing both in numba, glue in numpy.
+
+    Why the set-up is compiled too: after the compositing loop became Gaussian-major (see _splat_numba),
+    the numpy / PyTorch set-up (stable argsort, gathers, box and tile passes over every Gaussian) was
+    ~10 ms of a 15-35 ms frame on demo-003 at 64-256 px; in one serial numba pass it is ~2-4 ms. The
+    glue avoids PyTorch ops too: on a 2-core machine busy with other work, each of PyTorch's parallel
+    regions (copies and casts of >= 32k elements) can wait a scheduler time slice for its second thread,
+    which measured several ms per frame at 64 px.
+    """
     import numba
     import numpy as np
 
-    bin_tiles, kernel, pixel_boxes = kernels
-    d = colors.shape[1]
-    out = np.zeros((width * height, d + 1), dtype=np.float64)
-    np_dtype = np.float32 if means2d.dtype == torch.float32 else np.float64
-    r = radii.numpy()
-    vis = np.flatnonzero((r[:, 0] > 0) & (r[:, 1] > 0))
-    order = vis[np.argsort(depths.numpy()[vis], kind="stable")]  # stable: ties keep index order
-    m2 = means2d.numpy()[order]
-    boxes = pixel_boxes(m2, np.ascontiguousarray(r[order]), int(tile_size), width, height)
-    keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))  # depth order
-    if keep.size > 0:
-        boxes = np.ascontiguousarray(boxes[keep])
-        ids_g = order[keep]
-        # Work-unit tile from the typical box: small tiles keep each pixel's candidate list short, large
-        # ones keep the (Gaussian, tile) lists short when Gaussians span many pixels. Same image either way.
-        side = float(np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
-        ts = 4 if side <= 8 else 8 if side <= 24 else 16
-        tiles_w, tiles_h = math.ceil(width / ts), math.ceil(height / ts)
-        offsets, ids = bin_tiles(boxes, ts, tiles_w, tiles_h)
-        feats = np.empty((keep.size, 6), dtype=np_dtype)
-        feats[:, :2] = m2[keep]
-        feats[:, 2:5] = conics.numpy()[ids_g]
-        feats[:, 5] = opacities.numpy()[ids_g]
-        consts = np.array([0.5, 1.0, ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS], dtype=np_dtype)
-        centres = (np.arange(max(width, height)) + 0.5).astype(np_dtype)
-        # Small frames are dominated by the set-up above, and a parallel launch on a busy machine costs more
-        # than it saves: one thread below ~128 x 128 px (the image does not depend on the count).
-        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, width * height // 16384)
-        numba.set_num_threads(max(1, threads))
-        kernel(
-            offsets,
-            ids,
-            feats,
-            boxes,
-            np.ascontiguousarray(colors.numpy()[ids_g], dtype=np.float64),
-            width,
-            height,
-            ts,
-            tiles_w,
-            centres,
-            consts,
-            out,
-        )
-    acc = torch.from_numpy(out)
-    return acc[:, :d], acc[:, d]
+    prepare, kernel = kernels
+    cams, d = colors.shape[0], colors.shape[-1]
+    device = means2d.device
+    # The reference computes in the means' dtype (colours and conics cast to it); float32 or float64 here.
+    dtype = torch.float32 if means2d.dtype == torch.float32 else torch.float64
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+
+    def arr(t: Tensor, to: torch.dtype) -> np.ndarray:
+        t = t.detach().cpu()
+        return (t if t.dtype == to else t.to(to)).numpy()  # a view when nothing needs converting
+
+    depth_dtype = torch.float64 if depths.dtype == torch.float64 else torch.float32
+    m2, con, col, op = (arr(t, dtype) for t in (means2d, conics, colors, opacities))
+    rad, dep = arr(radii, torch.int64), arr(depths, depth_dtype)
+    bg = None if backgrounds is None else arr(backgrounds, torch.float64)
+    colour = np.empty((cams, height, width, d), dtype=np_dtype)
+    alpha = np.empty((cams, height, width, 1), dtype=np_dtype)
+    # Below ~128 x 128 px a parallel launch on a busy machine costs more than it saves: one thread there
+    # (the image does not depend on the count).
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, width * height // 16384))
+    ts = _work_tile(width, height, threads)
+    consts = np.array([0.5, 1.0, ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS], dtype=np_dtype)
+    centres = (np.arange(max(width, height)) + 0.5).astype(np_dtype)
+    c_ = np.ascontiguousarray
+    for c in range(cams):
+        out = np.zeros((width * height, d + 1), dtype=np.float64)  # sum of w * colour, sum of w
+        offsets, ids, feats, boxes, cols, sig_t = prepare(
+            c_(m2[c]), c_(con[c]), c_(col[c]), c_(op[c]), c_(rad[c]), c_(dep[c]), tile_size, width, height, ts,
+            ALPHA_THRESHOLD,
+        )  # fmt: skip
+        if ids.size > 0:
+            numba.set_num_threads(threads)
+            kernel(offsets, ids, feats, boxes, cols, sig_t, width, height, ts, centres, consts, out)
+        acc = out[:, :d]
+        if bg is not None:
+            acc = acc + (1.0 - out[:, d:]) * bg[c]
+        colour[c] = acc.reshape(height, width, d)  # rounded once to the output dtype
+        alpha[c] = out[:, d:].reshape(height, width, 1)
+    out_dtype = means2d.dtype
+    return torch.from_numpy(colour).to(device, out_dtype), torch.from_numpy(alpha).to(device, out_dtype)
 
 
 @torch.no_grad()
@@ -339,9 +360,11 @@ def rasterize_to_pixels_fast(
 ) -> tuple[Tensor, Tensor]:  # colors [C, H, W, D], alphas [C, H, W, 1]
     """No-grad counterpart of `rasterize_cpu.rasterize_to_pixels` (same arguments, same image).
 
-    Runs on the CPU whatever the inputs' device and returns on that device. Memory: a chunk holds at
-    most `max_pairs` (Gaussian, pixel) pairs, ~200 bytes each, plus float64 per-pixel accumulators
-    (48 bytes a pixel); the default peaks well under 1 GiB whatever the scene.
+    Runs on the CPU whatever the inputs' device and returns on that device. engine: "numba" (compiled,
+    the default when numba imports), "torch" (pure PyTorch) or "auto". Memory: the numba engine holds
+    ~100 bytes per Gaussian, 8 per (Gaussian, work tile) overlap and float64 per-pixel sums (8 (D + 1)
+    bytes a pixel); the torch engine's chunk holds at most `max_pairs` (Gaussian, pixel) pairs, ~200
+    bytes each, plus per-pixel accumulators. Both peak well under 1 GiB on demo scenes up to 1024 px.
     """
     cams, n = means2d.shape[:2]
     d = colors.shape[-1]
@@ -362,33 +385,28 @@ def rasterize_to_pixels_fast(
     kernel = _numba_kernel() if engine in ("auto", "numba") else None
     if engine == "numba" and kernel is None:
         raise RuntimeError("engine='numba' needs the numba package (pip install numba); engine='torch' does without")
+    if kernel is not None:
+        return _rasterize_numba(
+            kernel, means2d, conics, colors, opacities, radii, depths, width, height, backgrounds, int(tile_size)
+        )
     dtype, device = means2d.dtype, means2d.device
     out_c, out_a = [], []
     for c in range(cams):
-        if kernel is not None:
-            col, alpha = _composite_camera_numba(
-                kernel,
-                *(t[c].detach().cpu() for t in (means2d, conics.to(dtype), colors, opacities.to(dtype), radii, depths)),
-                width,
-                height,
-                int(tile_size),
-            )
-        else:
-            vis = ((radii[c, :, 0] > 0) & (radii[c, :, 1] > 0)).nonzero().squeeze(1).cpu()
-            order = vis[torch.argsort(depths[c, vis.to(device)].cpu(), stable=True)]
-            m2 = means2d[c].cpu()[order]
-            lo, hi = _pixel_boxes(m2, radii[c].cpu()[order], int(tile_size), width, height)
-            inputs = (
-                m2,
-                conics[c].cpu()[order].to(dtype),
-                colors[c].cpu()[order],
-                opacities[c].cpu()[order].to(dtype),
-                lo,
-                hi,
-                width,
-                height,
-            )
-            col, alpha = _composite_camera(*inputs, _chunk_pairs(width * height, int(max_pairs)))
+        vis = ((radii[c, :, 0] > 0) & (radii[c, :, 1] > 0)).nonzero().squeeze(1).cpu()
+        order = vis[torch.argsort(depths[c, vis.to(device)].cpu(), stable=True)]
+        m2 = means2d[c].cpu()[order]
+        lo, hi = _pixel_boxes(m2, radii[c].cpu()[order], int(tile_size), width, height)
+        inputs = (
+            m2,
+            conics[c].cpu()[order].to(dtype),
+            colors[c].cpu()[order],
+            opacities[c].cpu()[order].to(dtype),
+            lo,
+            hi,
+            width,
+            height,
+        )
+        col, alpha = _composite_camera(*inputs, _chunk_pairs(width * height, int(max_pairs)))
         out_c.append(col.reshape(height, width, d))
         out_a.append(alpha.reshape(height, width, 1))
     colour = torch.stack(out_c)
