@@ -478,6 +478,22 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
                 f"Middle frame of one held-out clip per control mode (seed {config.eval_seeds[0]}). All videos: "
                 f"`{run_dir}/eval/videos/<model>/<split>/<mode>/*.mp4` (ground truth under `gt/`).\n"
             )
+    # ---------------------------------------------------------------- limits
+    add("## Limits of this setup (read before the numbers)\n")
+    add(
+        "- The normal maps are rendered from the posed guide mesh, expression included, in the target camera "
+        "(datagen's definition). They therefore carry the viewpoint and the mouth and eyelid shapes as well as "
+        "the head pose: with the true normal maps kept, a model can ignore swapped ray maps or swapped codes and "
+        "still be right. The camera and expression swap rows of the Full model test that redundancy as much as "
+        "the controls; C2's rows (no normal maps) show whether the rays and the codes steer on their own.\n"
+        f"- {config.resolution} px frames: a face is about half the frame, so an expression is a few pixels of "
+        "mouth and eyelid, and the instruments' own error (above) bounds what AED and the pose error can "
+        "resolve.\n"
+        "- The demo avatars have flat per-region colours and slit eyes (issue 12), so appearance cues for "
+        "expression and identity are weaker than in photographs.\n"
+        "- Wall times are whatever the machine gave: a step that shared the 2 cores with other work took longer "
+        "than on an idle machine.\n"
+    )
     # ---------------------------------------------------------------- wall time
     add("## Wall time per step\n")
     rows = [[k, f"{v:.0f}"] for k, v in walls.items()]
