@@ -31,27 +31,35 @@ def residuals(
     return (pred - uv.nan_to_num()) * (mask[..., None] / scale[:, None, None])
 
 
-def initial_pose(rig: LandmarkRig, uv: Tensor, mask: Tensor, K: Tensor, V: Tensor) -> Tensor:
+def initial_pose(rig: LandmarkRig, uv: Tensor, mask: Tensor, K: Tensor, V: Tensor, iterations: int = 4) -> Tensor:
     """Weak-perspective start [T, 6] from landmarks uv [T, P, 2] (mask [T, P]: usable points).
 
     Normalised image points m ~ (R_c y + T_c)_xy / Z with y the neutral points about the pivot: a least-squares
     affine map A [2, 3] from centred y to centred m gives R_c's first two rows (orthonormalised, scale 1/Z), the
-    third row is their cross product, and the centroid's depth Z and image position give T_c.
+    third row is their cross product, and the centroid's depth Z and image position give T_c. A few POSIT
+    iterations (DeMenthon & Davis 1995) then correct the image points for perspective.
     """
     dt = rig.neutral.dtype
     m = torch.stack([(uv[..., 0] - K[0, 2]) / K[0, 0], (uv[..., 1] - K[1, 2]) / K[1, 1]], -1).nan_to_num()
     w = mask.to(dt)[..., None]  # [T, P, 1]
     y = (rig.neutral - rig.pivot).expand(uv.shape[0], -1, -1)
     count = w.sum(1, keepdim=True).clamp_min(1)
-    y_bar, m_bar = (w * y).sum(1, keepdim=True) / count, (w * m).sum(1, keepdim=True) / count
-    yc, mc = w * (y - y_bar), w * (m - m_bar)
-    a_t = torch.linalg.lstsq(yc, mc).solution  # [T, 3, 2] = A^T
-    U, S, Vh = torch.linalg.svd(a_t.transpose(1, 2), full_matrices=False)  # A = U S Vh, Vh [T, 2, 3]
-    rows = U @ Vh  # nearest 2x3 with orthonormal rows
-    r_c = torch.stack([rows[:, 0], rows[:, 1], torch.linalg.cross(rows[:, 0], rows[:, 1])], 1)
-    depth = 1.0 / S.mean(-1).clamp_min(1e-6)  # [T]
-    centre_cam = depth[:, None] * torch.cat([m_bar[:, 0], torch.ones_like(depth)[:, None]], -1)
-    t_c = centre_cam - (r_c @ y_bar[:, 0, :, None])[..., 0]
+    y_bar = (w * y).sum(1, keepdim=True) / count
+    yc = w * (y - y_bar)
+    m_corr = m
+    for _ in range(iterations):
+        m_bar = (w * m_corr).sum(1, keepdim=True) / count
+        a_t = torch.linalg.lstsq(yc, w * (m_corr - m_bar)).solution  # [T, 3, 2] = A^T
+        U, S, Vh = torch.linalg.svd(a_t.transpose(1, 2), full_matrices=False)  # A = U S Vh, Vh [T, 2, 3]
+        rows = U @ Vh  # nearest 2x3 with orthonormal rows
+        r_c = torch.stack([rows[:, 0], rows[:, 1], torch.linalg.cross(rows[:, 0], rows[:, 1])], 1)
+        depth = 1.0 / S.mean(-1).clamp_min(1e-6)  # [T]
+        centre_cam = depth[:, None] * torch.cat([m_bar[:, 0], torch.ones_like(depth)[:, None]], -1)
+        t_c = centre_cam - (r_c @ y_bar[:, 0, :, None])[..., 0]
+        # POSIT's correction: scale each image point by its estimated depth over the centroid's, which turns
+        # the perspective image into the weak-perspective one the next affine fit assumes.
+        z = (y @ r_c[:, 2:].transpose(1, 2))[..., 0] + t_c[:, 2:]  # [T, P]
+        m_corr = m * (z / depth[:, None]).clamp(0.5, 2.0)[..., None]
     # Back to the world frame: R = Rv^T R_c, t = Rv^T (T_c - tv) - pivot (T_c = Rv (pivot + t) + tv).
     rv, tv = V[:3, :3], V[:3, 3]
     rot = rv.T @ r_c
