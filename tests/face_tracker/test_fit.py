@@ -181,3 +181,21 @@ def test_rigid_start_over_a_wide_range() -> None:
     print(f"start {start_err.max():.2f} deg, fitted {fit_err.max():.2f} deg, {trans_err_mm.max():.2f} mm")
     assert start_err.max() < 5.0
     assert fit_err.max() < 1.0 and trans_err_mm.max() < 3.0
+
+
+def test_other_camera_and_bad_input(scene) -> None:
+    """A camera off the face's axis (30 deg to the side, 36 cm, a given K): poses stay in the avatar's world frame."""
+    from avatar_render import look_at_viewmat
+
+    avatar, codes, poses, _, _, _, _ = scene
+    K = torch.tensor([[300.0, 0.0, 130.0], [0.0, 300.0, 120.0], [0.0, 0.0, 1.0]])
+    eye = torch.tensor([0.36 * math.sin(math.radians(30)), 0.0, 0.36 * math.cos(math.radians(30))])
+    K, V = tracking_camera(SIZE, SIZE, K=K)[0], look_at_viewmat(eye, torch.tensor([0.0, -0.03, 0.0]))
+    lms = _landmarks(avatar, codes[:12], poses[:12] * 0.5, K, V, seed=3)
+    res = fit_landmarks(avatar, lms, K, V)
+    assert _rotation_error_deg(poses[:12] * 0.5, res.head_pose).max() < 3.0
+    assert (1000 * (res.head_pose[:, 3:] - 0.5 * poses[:12, 3:]).norm(dim=-1)).max() < 5.0
+    with pytest.raises(ValueError, match="found"):
+        fit_landmarks(avatar, lms, K, V, found=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="landmarks"):
+        fit_landmarks(avatar, lms[:, :100], K, V)

@@ -93,7 +93,11 @@ def fit_landmarks(
     config: FitConfig | None = None,
     rig: LandmarkRig | None = None,
 ) -> TrackResult:
-    """Fit T frames of landmarker points [T, N, 2] px (MediaPipe layout, NaN where missing) with a fixed camera."""
+    """Fit T frames of landmarker points [T, N, 2] px (MediaPipe layout, NaN where missing) with a fixed camera.
+
+    All found frames are solved together (the smoothing joins them); memory is ~0.2 MB per frame (the
+    Jacobians), so split long videos into segments of a few thousand frames.
+    """
     cfg = config or FitConfig()
     rig = rig or LandmarkRig(avatar)
     dt = torch.float64
@@ -105,8 +109,13 @@ def fit_landmarks(
     mask_all = torch.isfinite(uv_all).all(-1)
     ok = mask_all.sum(1) >= MIN_POINTS
     if found is not None:
-        ok &= torch.as_tensor(np.asarray(found), dtype=torch.bool)
+        found = torch.as_tensor(np.asarray(found), dtype=torch.bool)
+        if found.shape != (T,):
+            raise ValueError(f"fit: found must be [T={T}], got {tuple(found.shape)}")
+        ok &= found
     det_score = torch.ones(T, dtype=dt) if score is None else torch.as_tensor(np.asarray(score), dtype=dt)
+    if det_score.shape != (T,):
+        raise ValueError(f"fit: score must be [T={T}], got {tuple(det_score.shape)}")
     K, V = torch.as_tensor(K, dtype=dt), torch.as_tensor(viewmat, dtype=dt)
 
     E, P = rig.num_blendshapes, rig.num_points
