@@ -95,8 +95,8 @@ def fit_landmarks(
 ) -> TrackResult:
     """Fit T frames of landmarker points [T, N, 2] px (MediaPipe layout, NaN where missing) with a fixed camera.
 
-    All found frames are solved together (the smoothing joins them); memory is ~0.2 MB per frame (the
-    Jacobians), so split long videos into segments of a few thousand frames.
+    All found frames are solved together (the smoothing joins them); memory grows by ~1 MB per frame (measured: the
+    Jacobians and their intermediates), so split long videos into segments of a few thousand frames.
     """
     cfg = config or FitConfig()
     rig = rig or LandmarkRig(avatar)
