@@ -117,7 +117,6 @@ def test_instrument_identities_never_carry_a_heldout_face_shape():
     """The generated identities for the instruments: new ids (4 digits), distinct, none of them sharing a face
     shape with a held-out kit identity (the kit's meshes demo-012 ... demo-015 have weight 0 in their mix)."""
     from avatar_render.demo import demo_index, demo_shape_weights
-
     from factorportrait.reproduction.data import instrument_identities, render_jobs
 
     cfg = load_repro_config("cpu", ["instrument_ids=30"])
