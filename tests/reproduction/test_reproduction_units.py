@@ -131,3 +131,20 @@ def test_instrument_identities_never_carry_a_heldout_face_shape():
     jobs = [j for j in render_jobs(cfg, {"PhoneCapture", "DynamicSweep"}) if j.split == "instruments"]
     assert {j.dataset for j in jobs} == set(cfg.instrument_sequences) and all(j.ids == ids for j in jobs)
     assert instrument_identities(load_repro_config("cpu", ["instrument_ids=0"])) == []
+
+
+def test_aed_counts_only_frames_whose_ground_truth_shows_a_face():
+    """AED = mean L1 of the codes over the face frames only (hand-computed), NaN for a clip without any."""
+    from factorportrait.reproduction.evaluate import clip_metrics
+
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    gt = {
+        "expression": torch.zeros(3, 2),
+        "pose": torch.tensor([[1.0, 0, 0, 0, 1, 0, 0, 0, 0]]).repeat(3, 1),
+        "identity": torch.tensor([[1.0, 0.0]]).repeat(3, 1),
+        "face": torch.tensor([True, False, True]),
+    }
+    pred = dict(gt, expression=torch.tensor([[0.2, 0.4], [9.0, 9.0], [0.0, 0.2]]))
+    assert math.isclose(clip_metrics(frames, frames, pred, gt)["aed"], (0.3 + 0.1) / 2, rel_tol=1e-6)
+    no_face = dict(gt, face=torch.zeros(3, dtype=torch.bool))
+    assert math.isnan(clip_metrics(frames, frames, pred, no_face)["aed"])

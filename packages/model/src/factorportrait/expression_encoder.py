@@ -111,7 +111,13 @@ def roll_affine(eyes: Tensor, height: int, width: int, scale: float = 2.2, below
     # Face "down" = eye direction rotated +90 deg in image coords (y down): (-sin, cos).
     cx = mid[:, 0] - below * dist * sin
     cy = mid[:, 1] + below * dist * cos
-    side = scale * dist
+    return _square_affine(torch.stack([cx, cy], -1), cos, sin, scale * dist, height, width)
+
+
+def _square_affine(centre: Tensor, cos: Tensor, sin: Tensor, side: Tensor, height: int, width: int) -> Tensor:
+    """affine_grid theta [N, 2, 3] (align_corners=False) of a square crop: centre [N, 2] pixels (centres at
+    integers), axes rotated by the angle of (cos, sin) [N], side [N] pixels."""
+    cx, cy = centre[:, 0], centre[:, 1]
     # Output normalised (xo, yo) -> input pixel c + side/2 * R(xo, yo); then pixel -> normalised (2p + 1) / W - 1.
     theta = torch.stack(
         [
@@ -139,14 +145,7 @@ def landmark_crop_affine(landmarks: Tensor, height: int, width: int, margin: flo
     low, high = points.min(1).values, points.max(1).values
     centre = 0.5 * (low + high)
     side = margin * (high - low).max(1).values.clamp_min(1.0)
-    theta = torch.stack(
-        [
-            torch.stack([side * cos / width, -side * sin / width, (2 * centre[:, 0] + 1) / width - 1], dim=-1),
-            torch.stack([side * sin / height, side * cos / height, (2 * centre[:, 1] + 1) / height - 1], dim=-1),
-        ],
-        dim=1,
-    )
-    return theta.float()  # [N, 2, 3]
+    return _square_affine(centre, cos, sin, side, height, width)
 
 
 def crop_faces(images: Tensor, landmarks: Tensor, size: int, margin: float = 1.3) -> Tensor:

@@ -80,6 +80,7 @@ def translation_error_mm(a: Tensor, b: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ data
+CROP_MARGIN = 1.3  # crop side / landmark box side: the whole face with a little context
 #: iBUG-68 points whose visibility decides that a frame shows a face (eyes 36-47, mouth 48-67).
 FACE_POINTS = slice(36, 68)
 
@@ -144,9 +145,6 @@ def to_face_input(frames: np.ndarray | Tensor, landmarks: np.ndarray | Tensor | 
         return to_input(frames, size)
     x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return crop_faces(x, torch.as_tensor(landmarks), size, CROP_MARGIN)
-
-
-CROP_MARGIN = 1.3  # crop side / landmark box side: the whole face with a little context
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -229,7 +227,7 @@ def _jitter_landmarks(points: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return ((points - centre) * scale + centre + shift).astype(np.float32)
 
 
-def _fit(model: nn.Module, steps: int, lr: float, loss_fn, log, name: str, device) -> tuple[list[float], float]:
+def _fit(model: nn.Module, steps: int, lr: float, loss_fn, log, name: str) -> tuple[list[float], float]:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = warmup_cosine(opt, steps, 0.1)
     tick, losses = time.perf_counter(), []
@@ -284,9 +282,7 @@ def train_instruments(config: ReproConfig, run_dir: Path, log=print) -> dict:
         x = _augment(to_face_input(data["frames"][idx], points, size), rng).to(device)
         return F.mse_loss(expression(x), ((codes[idx] - c_mean) / c_std).to(device))
 
-    e_losses, e_s = _fit(
-        expression, config.expression_steps, config.instrument_lr, expression_loss, log, "expression", device
-    )
+    e_losses, e_s = _fit(expression, config.expression_steps, config.instrument_lr, expression_loss, log, "expression")
 
     # pose regressor + identity embedding: whole frames
     pose_id = PoseIdentity(len(ids)).to(device)
@@ -301,7 +297,7 @@ def train_instruments(config: ReproConfig, run_dir: Path, log=print) -> dict:
             16 * (cos - margin), labels[idx].to(device)
         )
 
-    p_losses, p_s = _fit(pose_id, config.instrument_steps, config.instrument_lr, pose_loss, log, "pose", device)
+    p_losses, p_s = _fit(pose_id, config.instrument_steps, config.instrument_lr, pose_loss, log, "pose")
 
     out = Path(run_dir) / "instruments"
     out.mkdir(parents=True, exist_ok=True)
