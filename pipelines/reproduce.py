@@ -75,6 +75,8 @@ def render_job(job, root: Path) -> None:
         str(job.seed),
         "--workers",
         str(job.workers),
+        "--normal-mesh",
+        job.normal_mesh,
         "--out",
         str(root),
         "--quiet",

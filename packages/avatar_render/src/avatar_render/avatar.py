@@ -155,11 +155,17 @@ class Avatar:
         """Least-norm codes that reproduce in-range rig weights (exact when the map's rows are orthonormal)."""
         return torch.linalg.lstsq(self.expression_map, weights.T).solution.T
 
-    def pose_mesh(self, expression: Tensor, head_pose: Tensor) -> Tensor:
-        """Posed guide-mesh vertices [T, V, 3] for codes [T, D] and head poses [T, 6] (axis-angle, metres)."""
+    def pose_mesh(self, expression: Tensor, head_pose: Tensor, with_expression: bool = True) -> Tensor:
+        """Posed guide-mesh vertices [T, V, 3] for codes [T, D] and head poses [T, 6] (axis-angle, metres).
+
+        `with_expression=False` poses the neutral template (the codes are ignored): the head-pose-only mesh that
+        the paper's body-mesh tracking gives, whose normal maps carry pose and viewpoint but no expression.
+        """
         expression, head_pose = self._check_pose_inputs(expression, head_pose)
-        weights = self.rig_weights(expression)
-        vertices = self.neutral_vertices + torch.einsum("te,evc->tvc", weights, self.expression_basis)
+        vertices = self.neutral_vertices.expand(len(head_pose), -1, -1)
+        if with_expression:
+            weights = self.rig_weights(expression)
+            vertices = vertices + torch.einsum("te,evc->tvc", weights, self.expression_basis)
         # Per-vertex fraction of the head rotation: one Rodrigues matrix per (frame, vertex).
         rot = axis_angle_to_rotmat(head_pose[:, None, :3] * self.head_weights[None, :, None])  # [T, V, 3, 3]
         local = (vertices - self.head_pivot).unsqueeze(-1)

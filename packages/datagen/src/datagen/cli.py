@@ -58,6 +58,11 @@ def _build_parser() -> argparse.ArgumentParser:
     render.add_argument("--workers", type=int, help="local Ray workers (0 = render in this process, no Ray)")
     render.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto or ray://host:10001)")
     render.add_argument("--backend", choices=["auto", "cpu", "gsplat"], help="splatting backend (gsplat needs CUDA)")
+    render.add_argument(
+        "--normal-mesh",
+        choices=["neutral", "tracked"],
+        help="normal maps of the neutral template posed by the head pose (default, the paper's) or with the expression",
+    )
     render.add_argument("--avatar-dir", type=Path, help="folder of NAME.avatar.safetensors files")
     render.add_argument(
         "--camera-distance", type=float, help="phonecapture: camera distance from the head centre in m (0.32)"
@@ -156,6 +161,7 @@ def _load_render_config(args: argparse.Namespace, mode: str | None = None):
         "workers": getattr(args, "workers", None),
         "ray_address": getattr(args, "ray_address", None),
         "backend": getattr(args, "backend", None),
+        "normal_mesh": getattr(args, "normal_mesh", None),
         "avatar_dir": str(args.avatar_dir) if args.avatar_dir else None,
         "capture.distance_m": getattr(args, "camera_distance", None),
         "capture.studio_yaw_deg": getattr(args, "studio_yaws", None),

@@ -18,6 +18,9 @@ MODES = ("viewsweep", "dynamicsweep", "phonecapture", "studiocapture")
 #: Stand-ins for the paper's private capture datasets: fixed cameras, expression and pose from the capture track.
 CAPTURE_MODES = ("phonecapture", "studiocapture")
 BACKENDS = ("auto", "cpu", "gsplat")
+#: What the normal maps show: the neutral template posed by the head pose (the paper's body-mesh tracking:
+#: pose and viewpoint, no expression) or the tracked mesh with its expression (mouth and eyelid shapes too).
+NORMAL_MESHES = ("neutral", "tracked")
 #: Paper numbers per mode: sequences per identity and frames per sequence.
 #: The capture stand-ins (paper: private data, sizes missing) default to DynamicSweep's segment length; a
 #: studio "sequence" is one take, seen by every camera of the rig (one manifest row per camera).
@@ -79,6 +82,7 @@ class RenderConfig:
     # (the cranium's centre), so that phone-distance views frame the face.
     head_centre_m: tuple[float, float, float] = (0.0, -0.03, 0.0)
     backend: str = "auto"
+    normal_mesh: str = "neutral"  # NORMAL_MESHES; "neutral" is the paper's template-mesh normal maps
     workers: int = 2
     ray_address: str | None = None
     avatar_dir: str | None = None
@@ -107,6 +111,8 @@ class RenderConfig:
 
         need(self.mode in MODES, "mode", self.mode, f"expected one of {', '.join(MODES)}")
         need(self.backend in BACKENDS, "backend", self.backend, f"expected one of {', '.join(BACKENDS)}")
+        meshes = ", ".join(NORMAL_MESHES)
+        need(self.normal_mesh in NORMAL_MESHES, "normal_mesh", self.normal_mesh, f"expected one of {meshes}")
         need(self.sequences >= 1, "sequences", self.sequences, "must be >= 1")
         need(self.frames >= 1, "frames", self.frames, "must be >= 1")
         need(self.resolution >= 16 and self.resolution % 2 == 0, "resolution", self.resolution, "must be even, >= 16")

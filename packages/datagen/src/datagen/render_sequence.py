@@ -123,6 +123,12 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
             for chunk_start in range(0, plan.num_frames, POSE_CHUNK):
                 chunk = slice(chunk_start, min(plan.num_frames, chunk_start + POSE_CHUNK))
                 posed = avatar.pose(codes[chunk], poses[chunk])
+                # the paper's normal maps come from body-mesh tracking: the head pose without the expression
+                normal_vertices = (
+                    posed.vertices
+                    if config.normal_mesh == "tracked"
+                    else avatar.pose_mesh(codes[chunk], poses[chunk], with_expression=False)
+                )
                 if layout is not None:
                     # camera t sees frame t; pixels in the stored frames' grid (CONVENTIONS 1)
                     uv, vis = posed.landmarks(
@@ -137,7 +143,7 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
                     rgb = (out.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
                     tock = time.perf_counter()
                     # same device as the splats (the avatar and cameras were moved there above)
-                    normals, mask = render_normals(posed.vertices[offset], posed.faces, cameras[t])
+                    normals, mask = render_normals(normal_vertices[offset], posed.faces, cameras[t])
                     encoded = encode_normals(normals, mask)[0].cpu().numpy()
                     tack = time.perf_counter()
                     render_s += tock - tick
@@ -190,6 +196,7 @@ def render_sequence(plan: SequencePlan, avatar, config: RenderConfig, root: Path
                     "fov_deg": config.fov_deg,
                     "background": list(config.background),
                     "backend": backend,
+                    "normal_mesh": config.normal_mesh,
                 },
             }
         ),

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=81, help="frames per model call (1+4k); longer clips overlap")
     p.add_argument("--overlap", type=int, default=8)
     p.add_argument("--guide-avatar", default="demo-000", help="head mesh for the normal maps (avatar id or file)")
+    p.add_argument(
+        "--normal-mesh",
+        choices=["neutral", "tracked"],
+        default="neutral",
+        help="normal maps of the neutral template posed by the head pose (paper, datagen default) or with expression",
+    )
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path)
@@ -123,7 +129,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         camera = load_camera_file(args.camera, frames)
     pipeline = FactorPortraitPipeline.from_pretrained(
-        args.model, vae=args.vae, scheduler=args.scheduler, shift=args.shift, guide_avatar=args.guide_avatar
+        args.model,
+        vae=args.vae,
+        scheduler=args.scheduler,
+        shift=args.shift,
+        guide_avatar=args.guide_avatar,
+        normal_mesh=args.normal_mesh,
     )
     result = pipeline(
         image,
@@ -164,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         "window": args.window,
         "overlap": args.overlap,
         "guide_avatar": args.guide_avatar,
+        "normal_mesh": args.normal_mesh,
         "fps": args.fps,
         "control_mode": _control_mode(args),
         "K": result.K.tolist(),

@@ -68,7 +68,9 @@ def resize_crop(image: np.ndarray, height: int, width: int) -> Tensor:  # uint8 
 
 
 class FactorPortraitPipeline:
-    """transformer: FactorPortraitTransformer; vae: WanVideoVAE; guide_avatar: an avatar_render id or file."""
+    """transformer: FactorPortraitTransformer; vae: WanVideoVAE; guide_avatar: an avatar_render id or file;
+    normal_mesh: "neutral" (the template posed by the head pose, the paper's and datagen's default) or "tracked"
+    (with the driving expression): use what the model's training data used (the manifest's plan.render)."""
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class FactorPortraitPipeline:
         scheduler: str = "unipc",
         shift: float = 3.0,
         guide_avatar: str = "demo-000",
+        normal_mesh: str = "neutral",
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -84,7 +87,10 @@ class FactorPortraitPipeline:
         self.dtype = dtype
         self.transformer = transformer.to(self.device).eval()
         self.vae = vae.to(self.device)
+        if normal_mesh not in ("neutral", "tracked"):
+            raise ValueError(f"normal_mesh = {normal_mesh!r}: expected 'neutral' or 'tracked'")
         self.scheduler_name, self.shift, self.guide_avatar = scheduler, shift, guide_avatar
+        self.normal_mesh = normal_mesh
         self.scheduler = make_scheduler(scheduler, shift)
 
     @classmethod
@@ -107,7 +113,7 @@ class FactorPortraitPipeline:
     def render_normals(
         self, driving: DrivingSignal, K: np.ndarray, c2w: np.ndarray, height: int, width: int
     ) -> np.ndarray:  # [T, H, W, 3] uint8
-        """Normal maps of the guide mesh posed with the driving signal, seen from the absolute cameras."""
+        """Normal maps of the guide mesh posed by the driving signal (`normal_mesh`) in the absolute cameras."""
         from avatar_render import Camera, load_avatar, render_normals
         from avatar_render.normals import encode_normals
 
@@ -117,7 +123,9 @@ class FactorPortraitPipeline:
             codes = torch.zeros(len(driving), avatar.expression_dim)
         frames = []
         with torch.no_grad():
-            posed = avatar.pose(codes, torch.from_numpy(driving.head_poses))
+            vertices = avatar.pose_mesh(
+                codes, torch.from_numpy(driving.head_poses), with_expression=self.normal_mesh == "tracked"
+            )
             for t in range(len(driving)):
                 camera = Camera(
                     K=torch.from_numpy(K[t]).float(),
@@ -125,7 +133,7 @@ class FactorPortraitPipeline:
                     width=width,
                     height=height,
                 )
-                normals, mask = render_normals(posed.vertices[t], posed.faces, camera)
+                normals, mask = render_normals(vertices[t], avatar.faces, camera)
                 frames.append(encode_normals(normals, mask)[0].numpy())
         return np.stack(frames)
 

@@ -56,6 +56,9 @@ class ReproConfig:
     spin_sweep_deg: float = 90.0  # ViewSweep/DynamicSweep spins: degrees over a sequence
     studio_yaw_deg: list[float] = field(default_factory=lambda: [-40.0, 30.0])  # StudioCapture rig (one row each)
     studio_pitch_deg: list[float] = field(default_factory=lambda: [5.0, -5.0])
+    # normal maps: "neutral" = the template posed by the head pose (paper Sec. 3.3, body-mesh tracking: pose and
+    # viewpoint only, so the expression has to come from the codes); "tracked" = with the expression (datagen option)
+    normal_mesh: str = "neutral"
     render_workers: int = 0  # datagen --workers per job (0: in its process, no Ray start-up cost)
     render_parallel: int = 2  # datagen jobs run at the same time
     # ---- VAE (diffusers AutoencoderKLWan, 8x spatial / 4x temporal kept)
@@ -121,6 +124,7 @@ class ReproConfig:
         need(not set(self.train_ids) & set(self.heldout_ids), "heldout_ids", "must not overlap train_ids")
         need(set(self.heldout_sequence_ids) <= set(self.train_ids), "heldout_sequence_ids", "must be train ids (or [])")
         need(self.render_parallel >= 1, "render_parallel", "must be >= 1")
+        need(self.normal_mesh in ("neutral", "tracked"), "normal_mesh", "neutral or tracked")
         need(len(self.studio_yaw_deg) == len(self.studio_pitch_deg) >= 1, "studio_yaw_deg", "one pitch per yaw")
         need(self.heldout_sequence_seed != self.seed, "heldout_sequence_seed", "must differ from seed")
         need(set(self.sequences) <= set(DATAGEN_MODES), "sequences", f"keys among {list(DATAGEN_MODES)}")

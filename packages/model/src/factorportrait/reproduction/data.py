@@ -34,6 +34,7 @@ class RenderJob:
     seed: int
     workers: int
     spin_sweep_deg: float
+    normal_mesh: str = "neutral"  # datagen --normal-mesh
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,6 +74,7 @@ def render_jobs(config: ReproConfig, available: set[str]) -> list[RenderJob]:
                     seed=seed,
                     workers=config.render_workers,
                     spin_sweep_deg=config.spin_sweep_deg,
+                    normal_mesh=config.normal_mesh,
                     extra={"studio_yaw_deg": config.studio_yaw_deg, "studio_pitch_deg": config.studio_pitch_deg}
                     if dataset == "StudioCapture"
                     else {},

@@ -29,7 +29,8 @@ from .config import CONTROL_MODES, ReproConfig
 from .data import camera_centre, load_sources, split_roots, view_angle_deg
 from .instruments import FILES, apply, face_visible, load_instrument, rotation_error_deg, to_face_input, to_input
 
-METRICS = ("psnr", "ssim", "aed", "pose_deg", "csim")
+METRICS = ("psnr", "ssim", "aed", "face_psnr", "pose_deg", "csim")
+FACE_MARGIN_PX = 2.0  # around each part's landmark box
 SWAPS = ("camera", "expression", "normals", "reference")
 
 
@@ -124,7 +125,34 @@ class InstrumentSet:
         }
         visible = None if marks is None else clip.get("landmark_visible")
         out["face"] = torch.from_numpy(face_visible(None if visible is None else np.asarray(visible), len(frames)))
+        if marks is not None:
+            out["region"] = expression_region(np.asarray(marks), out["face"].numpy(), frames.shape[1], frames.shape[2])
         return out
+
+
+def expression_region(landmarks: np.ndarray, face: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[T, H, W] bool: pixels inside the eye and mouth landmark boxes (+ FACE_MARGIN_PX) of frames with a face.
+
+    landmarks [T, 68, 2] in pixels with pixel centres at i + 0.5 (CONVENTIONS 1); face [T] bool."""
+    mask = np.zeros((len(landmarks), height, width), bool)
+    centres_y, centres_x = np.arange(height) + 0.5, np.arange(width) + 0.5
+    for t in np.flatnonzero(face):
+        for part in (slice(36, 42), slice(42, 48), slice(48, 68)):
+            pts = landmarks[t, part]
+            lo, hi = pts.min(0) - FACE_MARGIN_PX, pts.max(0) + FACE_MARGIN_PX
+            rows = (centres_y >= lo[1]) & (centres_y <= hi[1])
+            cols = (centres_x >= lo[0]) & (centres_x <= hi[0])
+            mask[t] |= rows[:, None] & cols[None, :]
+    return mask
+
+
+def region_psnr(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None) -> float:
+    """PSNR (dB, 8-bit) over the pixels of `region` [T, H, W] pooled over the clip; NaN for an empty region."""
+    if region is None or not region.any():
+        return float("nan")
+    diff = pred.astype(np.float64)[region] - gt.astype(np.float64)[region]
+    mse = float((diff**2).mean())
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def _nanmean(values: list[float]) -> float:
@@ -134,7 +162,8 @@ def _nanmean(values: list[float]) -> float:
 
 
 def clip_metrics(pred: np.ndarray, gt: np.ndarray, pred_inst: dict, gt_inst: dict) -> dict[str, float]:
-    """Per-clip metrics; AED over the frames whose ground truth shows a face (NaN when none does)."""
+    """Per-clip metrics; AED over the frames whose ground truth shows a face (NaN when none does); face_psnr over
+    the ground truth's eye and mouth boxes (an instrument-free expression metric; NaN without landmarks)."""
     from ..metrics import psnr_per_frame, ssim_per_frame, to_frames
 
     p, g = to_frames(pred), to_frames(gt)
@@ -144,6 +173,7 @@ def clip_metrics(pred: np.ndarray, gt: np.ndarray, pred_inst: dict, gt_inst: dic
         "psnr": float(psnr_per_frame(p, g).mean()),
         "ssim": float(ssim_per_frame(p, g).mean()),
         "aed": float(expression_l1.mean()) if len(expression_l1) else float("nan"),
+        "face_psnr": region_psnr(pred, gt, gt_inst.get("region")),
         "pose_deg": float(rotation_error_deg(pred_inst["pose"], gt_inst["pose"]).mean()),
         "csim": float((pred_inst["identity"] * gt_inst["identity"]).sum(-1).mean()),
     }

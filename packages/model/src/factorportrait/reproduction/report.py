@@ -14,10 +14,21 @@ from .data import instrument_identities
 from .evaluate import METRICS, SWAPS, safe_name
 
 LABELS = {"full": "Full", "c1": "C1 (no DynamicSweep)", "c2": "C2 (no normal maps)", "c3": "C3 (landmarks)"}
-HEAD = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "csim": "CSIM ↑", "aed": "AED ↓", "pose_deg": "Pose err (deg) ↓"}
-HIGHER = {"psnr": True, "ssim": True, "csim": True, "aed": False, "pose_deg": False}
+HEAD = {
+    "psnr": "PSNR ↑",
+    "ssim": "SSIM ↑",
+    "csim": "CSIM ↑",
+    "aed": "AED ↓",
+    "face_psnr": "eye+mouth PSNR ↑",
+    "pose_deg": "Pose err (deg) ↓",
+}
+HIGHER = {"psnr": True, "ssim": True, "csim": True, "aed": False, "face_psnr": True, "pose_deg": False}
+TAB2_METRICS = ("psnr", "ssim", "csim", "aed", "face_psnr", "pose_deg")
 DYNAMIC_POSE_MODES = ("static-frontal", "static-novel-view", "all-dynamic")
-SWAP_METRIC = {"camera": "psnr", "expression": "aed", "normals": "psnr", "reference": "csim"}
+#: Metrics of each swap test; the first is the one the acceptance counts, the others are shown as diagnostics.
+#: Expression is judged on the instrument-free eye+mouth PSNR: the trained expression encoder has no resolution
+#: across identities at 64 px (its held-out R² is about 0, see the instruments table), so its AED row is shown only.
+SWAP_METRICS = {"camera": ("psnr",), "expression": ("face_psnr", "aed"), "normals": ("psnr",), "reference": ("csim",)}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -26,7 +37,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def _fmt(mean: float, std: float | None, metric: str) -> str:
-    digits = 2 if metric in ("psnr", "pose_deg") else 3
+    digits = 2 if metric in ("psnr", "face_psnr", "pose_deg") else 3
     if std is None:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -39,7 +50,8 @@ def seed_values(run: dict, split: str, modes: list[str] | None, metric: str, key
     if not modes:
         return []
     seeds = list(split_data[modes[0]][key])
-    return [float(np.mean([split_data[m][key][s]["mean"][metric] for m in modes])) for s in seeds]
+    values = [[split_data[m][key][s]["mean"].get(metric, math.nan) for m in modes] for s in seeds]
+    return [float(np.nanmean(v)) if not np.isnan(v).all() else math.nan for v in values]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -301,7 +313,7 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
             rows = []
             for variant, e in evals.items():
                 cells = [LABELS[variant]]
-                for m in ("psnr", "ssim", "csim", "aed", "pose_deg"):
+                for m in TAB2_METRICS:
                     vals = seed_values(e, split, None, m)
                     cells.append(_fmt(*_stats(vals), m) if vals else "n/a")
                 rows.append(cells)
@@ -312,13 +324,9 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
                 b = base.get(name, {}).get(split)
                 if b:
                     rows.append(
-                        [label]
-                        + [
-                            _fmt(float(np.mean([b[mm][m] for mm in b])), None, m)
-                            for m in ("psnr", "ssim", "csim", "aed", "pose_deg")
-                        ]
+                        [label] + [_fmt(float(np.nanmean([b[mm][m] for mm in b])), None, m) for m in TAB2_METRICS]
                     )
-            add(_table(["Method", *[HEAD[m] for m in ("psnr", "ssim", "csim", "aed", "pose_deg")]], rows))
+            add(_table(["Method", *[HEAD[m] for m in TAB2_METRICS]], rows))
             add("")
         # ------------------------------------------------------------ Tab. 3
         add("## Tab. 3 shape: per control mode (held-out identities)\n")
@@ -344,27 +352,32 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
                 for swap in SWAPS:
                     if swap not in data:
                         continue
-                    m = SWAP_METRIC[swap]
-                    t_mean, t_std = _stats(seed_values(e, "heldout_ids", [mode], m))
-                    w_mean, w_std = _stats(seed_values(e, "heldout_ids", [mode], m, key=swap))
-                    worse = (t_mean - w_mean) if HIGHER[m] else (w_mean - t_mean)
-                    spread = max(t_std, w_std)
-                    ok = worse > spread
-                    if variant == "full":  # the acceptance check is the Full model's; others are diagnostics
-                        swap_ok.append(ok)
-                    swap_rows.append(
-                        [
-                            LABELS[variant],
-                            mode,
-                            swap,
-                            HEAD[m],
-                            _fmt(t_mean, t_std, m),
-                            _fmt(w_mean, w_std, m),
-                            f"{worse:+.3f}",
-                            f"{spread:.3f}",
-                            "yes" if ok else "**no**",
-                        ]
-                    )
+                    for k, m in enumerate(SWAP_METRICS[swap]):
+                        true_vals = seed_values(e, "heldout_ids", [mode], m)
+                        swap_vals = seed_values(e, "heldout_ids", [mode], m, key=swap)
+                        if not true_vals or not swap_vals or np.isnan(true_vals + swap_vals).any():
+                            continue  # e.g. face_psnr of a run without landmarks
+                        t_mean, t_std = _stats(true_vals)
+                        w_mean, w_std = _stats(swap_vals)
+                        worse = (t_mean - w_mean) if HIGHER[m] else (w_mean - t_mean)
+                        spread = max(t_std, w_std)
+                        ok = worse > spread
+                        counted = variant == "full" and k == 0  # acceptance: the Full model's first metric
+                        if counted:
+                            swap_ok.append(ok)
+                        swap_rows.append(
+                            [
+                                LABELS[variant],
+                                mode,
+                                swap,
+                                HEAD[m] + ("" if k == 0 else " (diagnostic)"),
+                                _fmt(t_mean, t_std, m),
+                                _fmt(w_mean, w_std, m),
+                                f"{worse:+.3f}",
+                                f"{spread:.3f}",
+                                "yes" if ok else "**no**",
+                            ]
+                        )
         if swap_rows:
             add("## Swap tests (held-out identities)\n")
             add(
@@ -372,7 +385,10 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
                 "of another clip (from the all-dynamic clips for the static modes, where every clip shares one "
                 "camera), expression = another clip's codes, normals = another clip's normal maps, reference = "
                 "another identity's reference image. 'worse by' is in the metric's bad direction; the verdict asks "
-                "for more than the larger seed standard deviation. The acceptance check counts the Full model's rows; "
+                "for more than the larger seed standard deviation. Expression is judged on the PSNR inside the ground "
+                "truth's eye and mouth landmark boxes (no instrument involved); its AED row is a diagnostic because "
+                "the expression encoder cannot resolve expressions across identities here (instruments table). "
+                "The acceptance check counts the Full model's rows (first metric of each control); "
                 "other models' rows (`swap_variants`) are diagnostics: C2 has no normal maps, so its rows show "
                 "whether a control is used when the normal maps cannot carry it.\n"
             )
@@ -419,6 +435,18 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
                         "Full beats C3 on AED (all modes)",
                         np.mean(f) < np.mean(c),
                         f"{np.mean(f):.4f} vs {np.mean(c):.4f}",
+                    )
+                )
+            f, c = (
+                seed_values(evals["full"], "heldout_ids", None, "face_psnr"),
+                seed_values(evals["c3"], "heldout_ids", None, "face_psnr"),
+            )
+            if f and c and not np.isnan(f + c).any():
+                checks.append(
+                    (
+                        "(extra, instrument-free) Full beats C3 on eye+mouth PSNR (all modes)",
+                        np.mean(f) > np.mean(c),
+                        f"{np.mean(f):.3f} vs {np.mean(c):.3f} dB",
                     )
                 )
         if "full" in evals and "c1" in evals:
@@ -481,12 +509,19 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
     # ---------------------------------------------------------------- limits
     add("## Limits of this setup (read before the numbers)\n")
     add(
-        "- The normal maps are rendered from the posed guide mesh, expression included, in the target camera "
-        "(datagen's definition). They therefore carry the viewpoint and the mouth and eyelid shapes as well as "
-        "the head pose: with the true normal maps kept, a model can ignore swapped ray maps or swapped codes and "
-        "still be right. The camera and expression swap rows of the Full model test that redundancy as much as "
-        "the controls; C2's rows (no normal maps) show whether the rays and the codes steer on their own.\n"
-        f"- {config.resolution} px frames: a face is about half the frame, so an expression is a few pixels of "
+        (
+            "- The normal maps show the neutral template mesh posed by the head pose, in the target camera "
+            '(`normal_mesh = "neutral"`, the paper\'s template / body-mesh normal maps): they carry head pose and '
+            "viewpoint, not the expression, which only the codes (Full) or the landmark maps (C3) can give. They "
+            "still carry the viewpoint, so with the true normal maps kept a model can ignore swapped ray maps and "
+            "still be right; C2's rows (no normal maps) show whether the rays steer on their own.\n"
+            if config.normal_mesh == "neutral"
+            else "- The normal maps are rendered from the posed guide mesh, expression included "
+            '(`normal_mesh = "tracked"`): they carry the mouth and eyelid shapes as well as the head pose and '
+            "the viewpoint, so with the true normal maps kept a model can ignore swapped codes or ray maps and "
+            "still be right; C2's rows (no normal maps) show whether the rays and the codes steer on their own.\n"
+        )
+        + f"- {config.resolution} px frames: a face is about half the frame, so an expression is a few pixels of "
         "mouth and eyelid, and the instruments' own error (above) bounds what AED and the pose error can "
         "resolve.\n"
         "- The demo avatars have flat per-region colours and slit eyes (issue 12), so appearance cues for "
