@@ -86,6 +86,18 @@ def test_mouth_opening_code_moves_the_jaw_not_the_forehead(demo_avatar):
     assert float((opened.means[0][forehead] - neutral.means[0][forehead]).norm(dim=-1).max()) < 1e-5
 
 
+def test_template_posing_ignores_the_expression(demo_avatar):
+    """with_expression=False (the paper's template-mesh normals): the neutral mesh, moved only by the head pose."""
+    opened = _code_for(demo_avatar, jawOpen=1.0)
+    rest = demo_avatar.pose_mesh(opened, torch.zeros(1, 6), with_expression=False)[0]
+    torch.testing.assert_close(rest, demo_avatar.neutral_vertices, atol=1e-7, rtol=0)  # pivot round trip
+    shift = torch.tensor([[0.0, 0.0, 0.0, 0.01, -0.02, 0.03]])
+    moved = demo_avatar.pose_mesh(opened, shift, with_expression=False)[0]
+    torch.testing.assert_close(moved, demo_avatar.neutral_vertices + shift[0, 3:], atol=1e-7, rtol=0)
+    with_jaw = demo_avatar.pose_mesh(opened, shift)[0]
+    assert float((with_jaw - moved).norm(dim=-1).max()) > 0.02  # the default still opens the jaw
+
+
 def test_pose_is_batched_over_frames(demo_avatar):
     codes, poses = demo_avatar.capture_segment(10, 5)
     batched = demo_avatar.pose(codes, poses)

@@ -148,3 +148,20 @@ def test_aed_counts_only_frames_whose_ground_truth_shows_a_face():
     assert math.isclose(clip_metrics(frames, frames, pred, gt)["aed"], (0.3 + 0.1) / 2, rel_tol=1e-6)
     no_face = dict(gt, face=torch.zeros(3, dtype=torch.bool))
     assert math.isnan(clip_metrics(frames, frames, pred, no_face)["aed"])
+
+
+def test_eye_mouth_region_psnr_counts_only_the_landmark_boxes():
+    """Landmarks of the eyes and mouth all at (8, 8) px: a box of +-2 px holds the 4 x 4 pixels whose centres
+    (i + 0.5) fall in [6, 10]; an error of 10 levels there gives 10 log10(255^2 / 100) dB, errors elsewhere none."""
+    from factorportrait.reproduction.evaluate import expression_region, region_psnr
+
+    marks = np.zeros((2, 68, 2), np.float32)
+    marks[:, 36:68] = 8.0
+    region = expression_region(marks, np.array([True, False]), 16, 16)
+    assert region[0].sum() == 16 and region[0, 6:10, 6:10].all() and not region[1].any()
+    gt = np.full((2, 16, 16, 3), 100, np.uint8)
+    pred = gt.copy()
+    pred[0, 6:10, 6:10] += 10
+    pred[:, :4] = 0  # outside the region: ignored
+    assert abs(region_psnr(pred, gt, region) - 10 * np.log10(255.0**2 / 100)) < 1e-9
+    assert np.isnan(region_psnr(pred, gt, np.zeros_like(region))) and np.isnan(region_psnr(pred, gt, None))
