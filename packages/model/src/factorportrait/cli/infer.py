@@ -14,8 +14,10 @@ file's c2w are relative to the photo, unless the file also holds `reference_c2w`
 c2w and reference_c2w are absolute in the avatar frame and the path is made relative to reference_c2w.
 
 --driving: ROOT::SEQUENCE_ID (a manifest sequence), a .npz/.safetensors file with `expression` [T, 128] and
-`head_pose` [T, 6], or a video with --expression-encoder PATH. C3 (landmark) models read landmarks from --landmarks,
-else from the driving sequence / file. --guidance-scale > 1 contrasts with the neutral code; it needs a model
+`head_pose` [T, 6] (e.g. from `face-track`), or a video: tracked onto the --guide-avatar head rig (codes, head poses
+and landmarks; no weights needed), or with --expression-encoder PATH encoded by that network (codes only).
+C3 (landmark) models read landmarks from --landmarks, else from the driving sequence / file / track.
+--guidance-scale > 1 contrasts with the neutral code; it needs a model
 trained with expression dropout (model-train's expression_dropout, default 0.1) and warns otherwise.
 Writes OUT (mp4) and OUT.json with every condition.
 """
@@ -36,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default="tiny", help="Wan 2.1 folder with vae/, or 'tiny' for tiny test models")
     p.add_argument("--image", required=True, type=Path, help="reference portrait (PNG/JPEG)")
     p.add_argument("--driving", required=True, help="ROOT::SEQUENCE_ID, codes file (.npz/.safetensors) or video")
-    p.add_argument("--expression-encoder", help="expression-encoder weights (for a driving video)")
+    p.add_argument(
+        "--expression-encoder",
+        help="expression-encoder weights for a driving video (default: track the video onto --guide-avatar's rig)",
+    )
     p.add_argument("--freeze-driving", action="store_true", help="hold the first driving frame (static face)")
     p.add_argument("--camera", default="static", help="static | spin | spiral | PATH (.json/.npz camera file)")
     p.add_argument(
@@ -105,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             image = np.asarray(opened.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"--image '{args.image}' is not an image PIL can read (PNG, JPEG, ...): {err}") from None
-    driving = load_driving(args.driving, args.expression_encoder)
+    driving = load_driving(args.driving, args.expression_encoder, args.guide_avatar)
     if args.landmarks:
         marks = load_landmarks(args.landmarks)
         driving = DrivingSignal(

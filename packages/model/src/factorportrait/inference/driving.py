@@ -67,9 +67,11 @@ class DrivingSignal:
         )
 
 
-def load_driving(spec: str, expression_encoder: str | None = None) -> DrivingSignal:
+def load_driving(spec: str, expression_encoder: str | None = None, guide_avatar: str = "demo-000") -> DrivingSignal:
     """`ROOT::SEQUENCE_ID` (a manifest sequence), a .npz / .safetensors file with `expression` [T, D] and
-    `head_pose` [T, 6], or a video (.mp4, .mov, ...) together with expression-encoder weights."""
+    `head_pose` [T, 6] (e.g. a `face-track` file), or a video (.mp4, .mov, ...): tracked onto `guide_avatar`'s head
+    rig by `face_tracker` (codes in the avatar's code space and head poses), or, with `expression_encoder`
+    weights, encoded by that network (codes only, neutral head pose)."""
     if "::" in spec:
         root, sequence_id = spec.split("::", 1)
         return _from_manifest(root, sequence_id)
@@ -77,11 +79,11 @@ def load_driving(spec: str, expression_encoder: str | None = None) -> DrivingSig
     if not path.exists():
         raise FileNotFoundError(
             f"driving source '{spec}' does not exist (ROOT::SEQUENCE_ID, a .npz/.safetensors file "
-            "with expression and head_pose, or a video with --expression-encoder)"
+            "with expression and head_pose, or a video)"
         )
     if path.suffix in (".npz", ".safetensors"):
         return _from_file(path)
-    return _from_video(path, expression_encoder)
+    return _from_video(path, expression_encoder, guide_avatar)
 
 
 def _from_manifest(root: str, sequence_id: str) -> DrivingSignal:
@@ -182,12 +184,9 @@ def _from_file(path: Path) -> DrivingSignal:
     )
 
 
-def _from_video(path: Path, encoder_path: str | None) -> DrivingSignal:
+def _from_video(path: Path, encoder_path: str | None, guide_avatar: str = "demo-000") -> DrivingSignal:
     if encoder_path is None:
-        raise FileNotFoundError(
-            f"driving video '{path}' needs expression-encoder weights: pass --expression-encoder "
-            "PATH (a ResNet34 + linear state dict)"
-        )
+        return _tracked_video(path, guide_avatar)
     import av
 
     from ..expression_encoder import ExpressionEncoder, encode_video
@@ -202,4 +201,28 @@ def _from_video(path: Path, encoder_path: str | None) -> DrivingSignal:
         np.zeros((len(codes), 6), np.float32),
         {"kind": "video", "path": str(path), "encoder": str(encoder_path)},
         codes_in_avatar_space=False,
+    )
+
+
+def _tracked_video(path: Path, guide_avatar: str) -> DrivingSignal:
+    """A driving video tracked onto the guide avatar's rig (no weights needed): codes, head poses, landmarks."""
+    from avatar_render import load_avatar
+    from face_tracker.track import track_video
+
+    track = track_video(path, load_avatar(guide_avatar))
+    arrays = track.driving_arrays()
+    return DrivingSignal(
+        arrays["expression"],
+        arrays["head_pose"],
+        {
+            "kind": "tracked-video",
+            "path": str(path),
+            "guide_avatar": guide_avatar,
+            "frames_with_face": int(track.found.sum()),
+            "frames": len(track),
+        },
+        landmarks=arrays["landmarks"],
+        landmark_visible=arrays["landmark_visible"],
+        landmark_layout=track.landmark_layout or None,
+        landmark_size=(track.height, track.width),
     )
