@@ -8,6 +8,7 @@ Examples:
   datagen render --avatars ids.txt --mode phonecapture --out data/         # one fixed frontal camera, dynamic face
   datagen render --avatars ids.txt --mode studiocapture --out data/        # 4 fixed cameras, one row per camera
   datagen render --avatars ids.txt --mode viewsweep --out s3://bucket/prefix   # object storage (AWS_* environment)
+  datagen ingest phone_videos/ --out real/ --dataset PhoneCapture           # real face videos (tracked)
   datagen validate data/                                                     # every video decodes, arrays line up
   datagen plan --avatars ids.txt --mode both                                 # sizes and machine-hours, dry run
   datagen preview data/ --sequence demo-003/dynamicsweep/0001 --out sheet.png
@@ -91,6 +92,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--profile", action="store_true", help="per-frame times of each stage in the summary")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ingest = sub.add_parser("ingest", help="real face videos (phone captures) into videos + a Parquet manifest")
+    ingest.add_argument("inputs", nargs="+", type=Path, help="video files and/or folders of videos")
+    ingest.add_argument("--out", required=True, type=Path, help="dataset root (a local folder; resumed)")
+    ingest.add_argument("--config", type=Path, help="TOML settings (default: configs/ingest.toml)")
+    ingest.add_argument("--dataset", help="dataset name in the manifest (default PhoneCapture)")
+    who = ingest.add_mutually_exclusive_group()
+    who.add_argument("--identity", help="one identity for every video (default: one per video, its file name)")
+    who.add_argument("--identities", type=Path, help="mapping file: lines 'file_name,identity'")
+    ingest.add_argument("--resolution", type=int, help="square output size in pixels (default 512)")
+    ingest.add_argument("--fov-deg", type=float, help="the camera's horizontal field of view (default 53.1)")
+    ingest.add_argument("--avatar", help="head rig the faces are tracked onto (default demo-000)")
+    ingest.add_argument("--normal-mesh", choices=["neutral", "tracked"], help="normal maps without / with expression")
+    ingest.add_argument("--min-segment-frames", type=int, help="shortest run of face frames kept (default 16)")
+    ingest.add_argument("--max-frames", type=int, help="frames per video at most")
+    ingest.add_argument("--workers", type=int, help="Ray workers (0 = in this process)")
+    ingest.add_argument("--force", action="store_true", help="replace rows of videos ingested with other settings")
 
     validate = sub.add_parser("validate", help="check every manifest row's videos and per-frame arrays")
     validate.add_argument("root", help="dataset root: a folder, s3://... or gs://...")
@@ -285,7 +303,35 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    from .ingest import collect_videos, frames_per_second, load_ingest_config, run_ingest
+
+    config = load_ingest_config(
+        args.config or CONFIG_DIR / "ingest.toml",
+        {
+            "dataset": args.dataset,
+            "resolution": args.resolution,
+            "fov_deg": args.fov_deg,
+            "avatar": args.avatar,
+            "normal_mesh": args.normal_mesh,
+            "min_segment_frames": args.min_segment_frames,
+            "max_frames": args.max_frames,
+            "workers": args.workers,
+        },
+    )
+    jobs = collect_videos(args.inputs, args.identity, args.identities)
+    print(
+        f"datagen ingest: {len(jobs)} video(s) -> {args.out} as {config.dataset} at {config.resolution}px, "
+        f"{'in-process' if config.workers == 0 else f'{config.workers} Ray workers'}",
+        file=sys.stderr,
+    )
+    summary = run_ingest(jobs, config, args.out, force=args.force)
+    print(summary.format() + f" ({frames_per_second(summary):.1f} frames/s)")
+    return 1 if summary.failed else 0
+
+
 _COMMANDS = {
+    "ingest": _ingest,
     "render": _render,
     "validate": _validate,
     "plan": _plan,
