@@ -61,7 +61,7 @@ def ingested(videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "data"
     code = main(
         ["ingest", str(videos), "--out", str(out), "--identity", "astronaut", "--resolution", str(SIZE)]
-        + ["--min-segment-frames", "4", "--dataset", "PhoneCapture"]
+        + ["--min-segment-frames", "4", "--dataset", "PhoneCapture", "--masks"]
     )
     assert code == 0
     return out
@@ -101,6 +101,18 @@ def test_ingest_writes_valid_segments(ingested) -> None:
         posed = avatar.pose(torch.from_numpy(row.expression), torch.from_numpy(row.head_pose))
         uv, _ = posed.landmarks(torch.from_numpy(row.K), torch.from_numpy(row.viewmat), SIZE, SIZE, pair_frames=True)
         np.testing.assert_allclose(uv.numpy(), marks, atol=0.05)
+
+
+def test_foreground_masks_cover_the_face_not_the_background(ingested) -> None:
+    from datagen.video import read_video
+
+    row = sorted(read_rows(ingested), key=lambda r: r.sequence_id)[0]
+    masks = read_video(ingested / json.loads(row.plan)["mask_path"])[..., 0].astype(float) / 255
+    marks = row.landmarks.reshape(row.num_frames, 68, 2)
+    lo, hi = marks.min(1).astype(int), marks.max(1).astype(int)
+    face = [masks[t, lo[t, 1] : hi[t, 1], lo[t, 0] : hi[t, 0]].mean() for t in range(row.num_frames)]
+    assert min(face) > 0.9, face  # the landmark box is foreground
+    assert masks[:, :8, -8:].mean() < 0.1  # the top-right corner of the crop is the space behind him
 
 
 def test_model_reads_the_ingested_dataset(ingested) -> None:

