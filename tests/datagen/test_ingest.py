@@ -128,12 +128,18 @@ def test_model_reads_the_ingested_dataset(ingested) -> None:
 
 def test_rerun_skips_and_other_settings_are_refused(videos, ingested, capsys) -> None:
     base = ["ingest", str(videos), "--out", str(ingested), "--identity", "astronaut", "--min-segment-frames", "4"]
-    assert main(base + ["--resolution", str(SIZE)]) == 0
+    assert main(base + ["--resolution", str(SIZE), "--masks"]) == 0
     assert "skipped 1 already ingested" in capsys.readouterr().out
     assert main(base + ["--resolution", "64"]) == 2
     err = capsys.readouterr().err
     assert "astronaut take 1.mp4" in err and "resolution: recorded 128, now 64" in err and "--force" in err
     assert validate_dataset(ingested).ok  # nothing was touched
+    # a damaged output video is redone on the next run
+    row = sorted(read_rows(ingested), key=lambda r: r.sequence_id)[1]
+    (ingested / row.rgb_path).write_bytes(b"truncated")
+    assert main(base + ["--resolution", str(SIZE), "--masks"]) == 0
+    assert "ingested 1 video(s) into 2 sequence(s)" in capsys.readouterr().out
+    assert validate_dataset(ingested).ok
 
 
 def test_bad_videos_are_named_and_the_rest_ingested(videos, tmp_path, capsys) -> None:

@@ -115,7 +115,9 @@ def test_bad_inputs(assets, tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
-def test_driving_video_needs_and_uses_an_expression_encoder(assets, tmp_path, capsys):
+def test_driving_video_is_tracked_or_read_by_an_expression_encoder(assets, tmp_path, capsys):
+    """Without --expression-encoder the video is tracked (a faceless one is a clear error naming it); with one,
+    its codes come from the encoder."""
     import torch
 
     from factorportrait.expression_encoder import ExpressionEncoder
@@ -143,7 +145,8 @@ def test_driving_video_needs_and_uses_an_expression_encoder(assets, tmp_path, ca
         "--quiet",
     ]
     assert main(args) == 2
-    assert "--expression-encoder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(video) in err and "no face found" in err
     torch.manual_seed(0)
     torch.save(ExpressionEncoder().state_dict(), tmp_path / "encoder.pt")
     assert main([*args, "--expression-encoder", str(tmp_path / "encoder.pt")]) == 0

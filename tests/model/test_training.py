@@ -57,6 +57,15 @@ def test_stage_1_then_stage_2_from_its_final_model(tmp_path, tiny_dataset):
     )
     stage1 = FactorPortraitTransformer.from_pretrained(final1)
     stage2 = FactorPortraitTransformer.from_pretrained(runs / "stage2" / "final")
+    # stage 1 built a new controller and scaled the codes to unit RMS spread; stage 2 kept that scale
+    import numpy as np
+
+    from factorportrait.data.manifest import read_manifest_rows
+
+    codes = np.concatenate([row.expression for row in read_manifest_rows(tiny_dataset)]).astype(np.float64)
+    want = 1.0 / math.sqrt(float(np.mean(codes.var(axis=0))))
+    assert stage1.config.expression_code_scale == pytest.approx(want, rel=1e-5)
+    assert stage1.controller.code_scale == stage2.config.expression_code_scale == stage1.config.expression_code_scale
     other = FactorPortraitTransformer.tiny(seed=1)  # what a stage started from scratch would look like
 
     def distance(a, b):
@@ -155,11 +164,34 @@ def test_latent_cache_serves_what_the_vae_would_compute_and_training_reads_it(tm
         with torch.no_grad():
             expected = vae.encode_video(plain["video"][None])[0]
         torch.testing.assert_close(item["latents"], expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(item["ray_features"], plain["ray_features"])
+        torch.testing.assert_close(item["c2w"], plain["c2w"])
+        assert "ray_features" not in item and "ray_features" not in plain  # rays are built in the step
     # Training and validation read only cached latents (the ground truth half is their VAE decode).
     config = _config(tmp_path, tiny_dataset, iterations=2, latent_cache=str(cache), validate_every=2)
     result = train(config, progress=False)
     assert result.steps == 2 and (config.output_dir / "validation" / "step-00000002.mp4").exists()
+
+
+def test_rays_built_in_the_step_equal_the_loaders(tiny_dataset):
+    """The training loader ships cameras only; the step's rays equal those the dataset computes itself."""
+    from factorportrait.data.clips import ClipDataset, ClipDatasetConfig, collate_clips
+    from factorportrait.data.manifest import read_manifest_rows
+    from factorportrait.training.step import batch_rays
+
+    sources = read_manifest_rows(tiny_dataset)
+    kwargs = dict(frames=5, height=32, width=32)
+    with_rays = ClipDataset(sources, ClipDatasetConfig(**kwargs))
+    cameras_only = ClipDataset(sources, ClipDatasetConfig(**kwargs, ray_features=False))
+    picks = [0, len(with_rays) - 1]
+    full = collate_clips([with_rays[i] for i in picks])
+    lean = collate_clips([cameras_only[i] for i in picks])
+    assert "ray_features" not in lean
+    rays, reference = batch_rays(lean, 32, 32, "cpu")
+    torch.testing.assert_close(rays, full["ray_features"], atol=0, rtol=0)
+    torch.testing.assert_close(reference, full["reference_rays"], atol=0, rtol=0)
+    shipped = sum(v.numel() * v.element_size() for v in full.values() if isinstance(v, torch.Tensor))
+    lean_bytes = sum(v.numel() * v.element_size() for v in lean.values() if isinstance(v, torch.Tensor))
+    assert lean_bytes < 0.5 * shipped  # even at 32 px the rays are most of a sample
 
 
 def test_validation_video_and_ema(tmp_path, tiny_dataset):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -104,6 +106,26 @@ def test_expression_modulation_is_per_latent_frame(wan):
     assert offsets.shape == (1, 1 + 3, model.inner_dim)
     assert torch.count_nonzero(offsets[:, 0]) == 0  # the reference frame gets no expression offset
     assert (offsets[:, 1] - offsets[:, 2]).abs().max() > 0  # frames differ
+
+
+def test_code_scale_multiplies_the_codes_before_the_controller():
+    from factorportrait.expression import ExpressionController, code_scale_of
+
+    codes = torch.zeros(6, 3)
+    codes[:, 0] = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # std 1 (population), other columns 0
+    assert code_scale_of(codes) == pytest.approx(math.sqrt(3.0))  # 1 / sqrt((1 + 0 + 0) / 3)
+    assert code_scale_of(torch.ones(4, 3)) == 1.0  # codes that never vary: no scaling
+    torch.manual_seed(0)
+    plain = ExpressionController(code_dim=8, out_dim=16, hidden_dim=16, heads=2)
+    scaled = ExpressionController(code_dim=8, out_dim=16, hidden_dim=16, heads=2, code_scale=20.0)
+    scaled.load_state_dict(plain.state_dict())
+    for module in (plain, scaled):
+        torch.nn.init.normal_(module.group_proj.weight)  # a trained controller (fresh ones output zeros)
+    scaled.group_proj.load_state_dict(plain.group_proj.state_dict())
+    small = 0.05 * torch.randn(1, 9, 8)
+    torch.testing.assert_close(scaled(small), plain(20.0 * small))
+    with pytest.raises(ValueError, match="code_scale"):
+        ExpressionController(code_scale=0.0)
 
 
 def test_ablation_without_normals(wan):

@@ -20,8 +20,9 @@ and the crop's corner (x0, y0) in continuous pixels (pixel i covers [i, i + 1)):
     u' = k (u - x0),  K' = [[k fx, 0, k (cx - x0)], [0, k fy, k (cy - y0)], [0, 0, 1]].
 
 Resume: ROOT/manifest/ingest/<video key>.json records a finished video (settings, file size and mtime, the sequence
-ids it produced). A rerun skips such videos; one ingested with other settings is refused unless --force (then its
-rows are replaced). A video that fails (unreadable, no face) is named in the summary; the others are ingested.
+ids it produced, size and sha256 of every video written). A rerun skips such videos when all of that still holds,
+redoes one whose outputs are missing or changed, and refuses one ingested with other settings unless --force (then
+its rows are replaced). A video that fails (unreadable, no face) is named in the summary; the others are ingested.
 """
 
 from __future__ import annotations
@@ -304,10 +305,17 @@ def ingest_video(job: VideoJob, config_dict: dict, root: str) -> dict:
     finally:
         if segmenter is not None:
             segmenter.close()
+    from .storage import file_digest
+
+    outputs = {}
     for row in rows:
+        for rel in (row.rgb_path, row.normal_path, json.loads(row.plan).get("mask_path")):
+            if rel is not None:
+                outputs[rel] = {"size": (root_path / rel).stat().st_size, "sha256": file_digest(root_path / rel)}
         write_part(root_path, row)
         sequence_ids.append(row.sequence_id)
     record = {
+        "outputs": outputs,
         "video": os.path.abspath(job.path),
         "stamp": _video_stamp(job.path),
         "identity": job.identity,
@@ -425,8 +433,10 @@ class IngestSummary:
 
 
 def _check_done(root: Path, job: VideoJob, config: IngestConfig) -> tuple[str, list[str]]:
-    """("new" | "done" | "changed" | "redo", differences) of a video against its record."""
+    """("new" | "done" | "changed" | "redo", differences) of a video against its record: done only when its
+    settings, identity and source file match and every part file and video is there with its recorded sha256."""
     from .manifest import part_path
+    from .storage import file_digest
 
     path = _record_path(root, job.key)
     if not path.exists():
@@ -445,6 +455,10 @@ def _check_done(root: Path, job: VideoJob, config: IngestConfig) -> tuple[str, l
         return "changed", diffs
     if not all(part_path(root, sid).exists() for sid in record["sequence_ids"]):
         return "redo", ["a part file is missing"]
+    for rel, want in record.get("outputs", {}).items():
+        path = Path(root) / rel
+        if not path.exists() or path.stat().st_size != want["size"] or file_digest(path) != want["sha256"]:
+            return "redo", [f"{rel}: missing or not the recorded file (size / sha256)"]
     return "done", []
 
 

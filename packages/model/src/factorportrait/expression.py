@@ -4,6 +4,13 @@ Per-frame 128-d expression codes -> two self-attention layers over time -> featu
 groups frames (frame 0 alone, then chunks of 4) -> one vector per latent frame, added to the shared timestep
 embedding so that every latent frame gets its own AdaLN shift / scale / gate. The last projection is
 zero-initialised: a fresh controller adds exactly nothing, so the model starts as the pretrained Wan.
+
+Codes are multiplied by `code_scale` before the input projection. Codes of the demo rig vary by ~0.05 per
+dimension, while the sinusoidal frame positions added after the projection have unit amplitude: unscaled, the
+temporal layers see mostly frame indices and the expression is a ~4 % perturbation of their input. Training
+sets the scale from its data (`expression_code_scale`, 1 / RMS of the per-dimension standard deviations), so the
+codes of any encoder enter at unit scale; it is saved in the model config. A scale is not an architecture change:
+a scaled code space is the same code space.
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ def sinusoidal_positions(num_frames: int, dim: int, device=None, dtype=None) -> 
     table[:, 0::2] = torch.sin(position * freqs)
     table[:, 1::2] = torch.cos(position * freqs)
     return table.to(dtype or torch.float32)
+
+
+def code_scale_of(codes: Tensor) -> float:  # [N, D] -> scalar
+    """1 / RMS over dimensions of the per-dimension standard deviation of codes (1.0 when they do not vary)."""
+    std = codes.double().std(dim=0, unbiased=False)
+    rms = float(std.pow(2).mean().sqrt())
+    return 1.0 / rms if rms > 1e-8 else 1.0
 
 
 def group_frames_like_the_vae(features: Tensor, temporal_factor: int = 4) -> Tensor:
@@ -49,9 +63,12 @@ class ExpressionController(nn.Module):
         heads: int = 8,
         layers: int = 2,
         temporal_factor: int = 4,
+        code_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.code_dim, self.temporal_factor = code_dim, temporal_factor
+        if not code_scale > 0:
+            raise ValueError(f"ExpressionController: code_scale must be > 0, got {code_scale}")
+        self.code_dim, self.temporal_factor, self.code_scale = code_dim, temporal_factor, float(code_scale)
         self.in_proj = nn.Linear(code_dim, hidden_dim)
         layer = nn.TransformerEncoderLayer(
             hidden_dim,
@@ -71,7 +88,7 @@ class ExpressionController(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         if codes.dim() != 3 or codes.shape[-1] != self.code_dim:
             raise ValueError(f"expression codes must be [B, T, {self.code_dim}], got {tuple(codes.shape)}")
-        x = self.in_proj(codes) + sinusoidal_positions(
+        x = self.in_proj(codes * self.code_scale) + sinusoidal_positions(
             codes.shape[1], self.in_proj.out_features, codes.device, codes.dtype
         )
         x = self.norm(self.temporal(x))

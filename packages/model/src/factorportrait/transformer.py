@@ -112,6 +112,7 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         controller_hidden_dim: int = 512,
         controller_heads: int = 8,
         controller_layers: int = 2,
+        expression_code_scale: float = 1.0,
         num_landmarks: int = 238,
         landmark_dim: int = 128,
         landmark_heads: int = 4,
@@ -146,7 +147,12 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         self.landmark_attn = None
         if expression_mode == "codes":
             self.controller = ExpressionController(
-                expression_dim, dim, controller_hidden_dim, controller_heads, controller_layers
+                expression_dim,
+                dim,
+                controller_hidden_dim,
+                controller_heads,
+                controller_layers,
+                code_scale=expression_code_scale,
             )
         elif expression_mode == "landmarks":
             from .landmarks import FrameCrossAttention, LandmarkEncoder

@@ -82,6 +82,10 @@ class ClipDatasetConfig:
     reference: str = "other_sequence"  # or "same_sequence"
     seed: int = 0  # reference choices are a pure function of (seed, clip index)
     landmarks: bool = False  # items carry "landmarks" / "landmark_visible" (C3); rows without landmarks are dropped
+    # items carry "ray_features" / "reference_rays" (1536 channels per latent pixel: ~0.8 GB per 81-frame 480x832
+    # clip in float32); False: only the cameras (K, c2w, reference_K, reference_c2w), and the consumer builds the
+    # rays on its device (training does: `training.step.condition_inputs`), so loader samples stay small
+    ray_features: bool = True
 
     def __post_init__(self) -> None:
         latent_frame_count(self.frames)  # ValueError unless frames = 1 + 4k
@@ -398,12 +402,12 @@ class ClipDataset(torch.utils.data.Dataset):
         ref_size = (ref_source.height, ref_source.width)
         reference_K = torch.from_numpy(adjust_intrinsics(ref_source.K[ref_frame], *ref_size, cfg.height, cfg.width))
         reference_c2w = viewmat_to_c2w(torch.from_numpy(np.ascontiguousarray(ref_source.viewmat[ref_frame])))
-        ray_features, reference_rays = camera_features(
-            K, c2w, cfg.height, cfg.width, reference_c2w=reference_c2w, reference_K=reference_K
-        )
-        item: dict[str, Any] = {
-            "ray_features": ray_features,  # [1536, F, H/8, W/8]
-            "reference_rays": reference_rays,  # [1536, 1, H/8, W/8]
+        item: dict[str, Any] = {}
+        if cfg.ray_features:
+            item["ray_features"], item["reference_rays"] = camera_features(  # [1536, F, H/8, W/8], [1536, 1, ...]
+                K, c2w, cfg.height, cfg.width, reference_c2w=reference_c2w, reference_K=reference_K
+            )
+        item |= {
             "K": K,  # [T, 3, 3]
             "c2w": c2w,  # [T, 4, 4]
             "reference_K": reference_K,  # [3, 3]

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import TrainConfig
@@ -44,8 +45,11 @@ def _is_factorportrait(folder: str | Path) -> bool:
     return config.exists() and "wan_config" in json.loads(config.read_text())
 
 
-def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = None):
+def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = None, dataset=None):
     """The stage's transformer; `landmark_layout` = (name, K) of the training data's landmarks (C3 only).
+
+    A new expression controller (a model built from Wan or at random) gets `config.expression_code_scale`, or
+    with 0 the scale of `dataset`'s codes (`training_code_scale`); a FactorPortrait model keeps its own.
 
     The saved config records the condition dropout of this stage and, for C3, the landmark layout; a model
     trained on another layout is refused (ValueError naming both).
@@ -58,6 +62,11 @@ def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = N
         if landmark_layout is None:
             raise ValueError("expression_mode = 'landmarks' needs the training data's landmark layout")
         options.update(landmark_layout=landmark_layout[0], num_landmarks=landmark_layout[1])
+    fresh = init is None or not _is_factorportrait(init)
+    if fresh and config.expression_mode == "codes":
+        scale = config.expression_code_scale or (training_code_scale(dataset) if dataset is not None else 1.0)
+        options.update(expression_code_scale=scale)
+        log.info("expression code scale %.4g (%s)", scale, "config" if config.expression_code_scale else "data")
     if init is None:
         model = FactorPortraitTransformer.tiny(seed=config.seed, **options)
     elif _is_factorportrait(init):
@@ -81,6 +90,16 @@ def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = N
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
+
+
+def training_code_scale(dataset) -> float:
+    """`expression.code_scale_of` over every frame of the dataset's sequences (a latent-cached dataset's too)."""
+    from ..expression import code_scale_of
+
+    sources = getattr(getattr(dataset, "dataset", dataset), "sources", [])
+    if not sources:
+        return 1.0
+    return code_scale_of(torch.from_numpy(np.concatenate([s.expression for s in sources]).astype(np.float32)))
 
 
 def vae_source(config: TrainConfig) -> str | None:
@@ -141,6 +160,7 @@ def build_dataset(config: TrainConfig):
             reference=config.reference,
             seed=config.seed,
             landmarks=config.expression_mode == "landmarks",
+            ray_features=False,  # built on the training device inside the step (training.step.batch_rays)
         ),
     )
     broken = dataset.check_sources()

@@ -78,6 +78,10 @@ class TrainConfig:
     prompt_embeds: str | None = None
     expression_mode: str = "codes"  # codes | landmarks (C3 ablation)
     use_normals: bool = True  # False: C2 ablation
+    # Scale applied to expression codes at the controller's input when a new controller is built (stage 1 from
+    # Wan or a prior); 0 = from the training data: 1 / RMS of the codes' per-dimension standard deviations.
+    # A model that already has a controller keeps its own (it is in its config.json).
+    expression_code_scale: float = 0.0
     # Condition dropout per sample (paper: none; ours, so that --guidance-scale has an unconditional to contrast):
     # the expression codes replaced by the neutral (zero) code, or in C3 every landmark marked invisible;
     expression_dropout: float = 0.1
@@ -129,6 +133,13 @@ class TrainConfig:
             "height and width must be positive multiples of 16",
         )
         need(self.reference in ("same_sequence", "other_sequence"), "reference", "same_sequence or other_sequence")
+        need(
+            isinstance(self.expression_code_scale, int | float)
+            and not isinstance(self.expression_code_scale, bool)
+            and self.expression_code_scale >= 0,
+            "expression_code_scale",
+            "a number >= 0 (0: from the training data)",
+        )
         for name in ("expression_dropout", "reference_dropout", "normal_dropout"):
             value = getattr(self, name)
             need(

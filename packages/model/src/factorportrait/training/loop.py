@@ -87,7 +87,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, forc
     resolve_init(config)  # a missing starting point or VAE is reported before the data is read
     vae_from = vae_source(config)
     dataset, sampler, collate = build_data(config, rank, world)
-    model = build_model(config, getattr(dataset, "landmark_layout", None))
+    model = build_model(config, getattr(dataset, "landmark_layout", None), dataset)
     vae = build_vae(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     # Stepped once per optimiser step by this loop (never prepared): a function of optimiser steps only.

@@ -49,10 +49,12 @@ def condition_inputs(latents: dict, batch: dict, config: TrainConfig, device, dt
         return torch.where(mask.view(-1, *([1] * (kept.dim() - 1))), dropped, kept)
 
     reference = latents["reference_latent"]
+    _, _, _, h, w = latents["latents"].shape
+    rays, reference_rays = batch_rays(batch, 8 * h, 8 * w, device)
     inputs = dict(
         reference_latent=where(drop[:, 1], torch.zeros_like(reference), reference),
-        ray_features=batch["ray_features"].to(device, dtype),
-        reference_rays=batch["reference_rays"].to(device, dtype),
+        ray_features=rays.to(dtype),
+        reference_rays=reference_rays.to(dtype),
     )
     if config.use_normals:
         normals = latents["normal_latents"]
@@ -66,6 +68,28 @@ def condition_inputs(latents: dict, batch: dict, config: TrainConfig, device, dt
         inputs["landmarks"] = batch["landmarks"].to(device, dtype)
         inputs["landmark_visible"] = where(drop[:, 0], torch.zeros_like(visible), visible)  # every point hidden
     return inputs
+
+
+def batch_rays(batch: dict, height: int, width: int, device) -> tuple[Tensor, Tensor]:
+    """Ray features [B, 1536, F, H/8, W/8] and reference rays [B, 1536, 1, H/8, W/8] of a batch: the loader's when it
+    carries them, else built here on `device` from its cameras (K [B, T, 3, 3], c2w [B, T, 4, 4], reference_K,
+    reference_c2w), in float32 like the loader would (they are cheap to compute, costly to ship)."""
+    if "ray_features" in batch:
+        return batch["ray_features"].to(device), batch["reference_rays"].to(device)
+    from ..conditions import camera_features
+
+    pairs = [
+        camera_features(
+            batch["K"][i].to(device, torch.float32),
+            batch["c2w"][i].to(device, torch.float32),
+            height,
+            width,
+            reference_c2w=batch["reference_c2w"][i].to(device, torch.float32),
+            reference_K=batch["reference_K"][i].to(device, torch.float32),
+        )
+        for i in range(batch["K"].shape[0])
+    ]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def sample_generator(seed: int, index: int, device) -> torch.Generator:
