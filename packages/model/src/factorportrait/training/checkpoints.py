@@ -72,7 +72,7 @@ def cleanup_partial(directory: Path | str) -> list[Path]:
 
 
 def _remove_atomically(path: Path) -> None:
-    hidden = path.with_name(f"{_DELETING_PREFIX}{path.name[len(CHECKPOINT_PREFIX):]}")
+    hidden = path.with_name(f"{_DELETING_PREFIX}{path.name[len(CHECKPOINT_PREFIX) :]}")
     os.rename(path, hidden)
     shutil.rmtree(hidden, ignore_errors=True)
 

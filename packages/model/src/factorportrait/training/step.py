@@ -136,9 +136,7 @@ def draw_noise(
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
-def flow_matching_step(
-    model, latents: dict, batch: dict, config: TrainConfig, generator, device, dtype
-) -> Tensor:
+def flow_matching_step(model, latents: dict, batch: dict, config: TrainConfig, generator, device, dtype) -> Tensor:
     """The batch's flow-matching loss (a scalar); `generator`: one torch.Generator or one per sample."""
     from .flow_matching import flow_matching_loss, noisy_latents, timesteps_from_sigmas, velocity_target
 
