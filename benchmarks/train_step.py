@@ -10,7 +10,10 @@ gradient checkpointing and FSDP.
 from the times its metrics.jsonl lines appear (first step excluded) and the peak RSS of each process.
 `--loading`: random Wan weights of that shape saved with diffusers' `save_pretrained` (bf16), then the peak RSS
 of a fresh process running `from_wan(..., torch_dtype=bf16)` ("after") and of the previous implementation
-(build a random fp32 FactorPortraitTransformer, copy the loaded Wan into it, `.to(bf16)`: "before").
+(build a random fp32 FactorPortraitTransformer, copy the loaded Wan into it, `.to(bf16)`: "before"), then what
+model-train builds per rank: fp32 master weights on rank 0 (and on every DDP rank), and the architecture only
+(`build_model(weights=False)`, uninitialised storage never touched) on the other ranks under FSDP's
+cpu-RAM-efficient loading, where accelerate's `prepare` broadcasts rank 0's weights into the shards.
 """
 
 from __future__ import annotations
@@ -115,6 +118,12 @@ from factorportrait.transformer import FactorPortraitTransformer, load_local_wan
 folder, how = sys.argv[1], sys.argv[2]
 if how == "after":
     model = FactorPortraitTransformer.from_wan(folder, torch_dtype=torch.bfloat16)
+elif how == "trainer-rank0":  # what model-train builds (fp32 master weights) on rank 0, and on every DDP rank
+    model = FactorPortraitTransformer.from_wan(folder)
+elif how == "trainer-other-ranks":  # FSDP rank-0 loading: the other ranks build the architecture only
+    from factorportrait.training.build import _architecture_only
+
+    model = _architecture_only(folder, {})
 else:  # the previous from_wan: a random fp32 model next to the loaded Wan, then cast
     wan = load_local_wan(folder, torch_dtype=torch.bfloat16)
     model = FactorPortraitTransformer(wan_config=dict(wan.config))
@@ -141,7 +150,7 @@ def loading_rss(size: str) -> None:
         torch.nn.init.normal_(p, std=0.02)
     wan.save_pretrained(folder / "transformer")
     del wan
-    for how in ("before", "after"):
+    for how in ("before", "after", "trainer-rank0", "trainer-other-ranks"):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, "-c", _LOAD, str(folder), how], capture_output=True, text=True, env=env)
         peak = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"failed: {out.stderr[-300:]}"

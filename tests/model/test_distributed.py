@@ -152,3 +152,35 @@ def test_fsdp_final_is_consolidated_and_loads_in_one_process(reference, fsdp_kil
         one = FactorPortraitTransformer.from_pretrained(reference[1] / "stage1" / "final").state_dict()
         for name, tensor in one.items():
             torch.testing.assert_close(state[name], tensor, atol=1e-3, rtol=0)
+
+
+def test_fsdp_ranks_other_than_0_read_no_weights(tiny_dataset, tmp_path):
+    """With cpu-RAM-efficient loading (cpu_fsdp.yaml) rank 1 builds the architecture from config.json only and
+    gets rank 0's weights from accelerate's broadcast: the 2-process losses from a saved model equal 1 process's."""
+    from factorportrait.transformer import FactorPortraitTransformer
+
+    init = tmp_path / "init"
+    model = FactorPortraitTransformer.tiny(seed=3, expression_code_scale=7.0)
+    with torch.no_grad():  # non-zero condition weights, so that every input reaches the loss
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(init)
+    log = _launch("cpu_fsdp.yaml", tiny_dataset, tmp_path / "two", 3, "--init", str(init))
+    assert "rank 1: read no weights" in log and "rank 0: read no weights" not in log
+    one = load_train_config(
+        1,
+        None,
+        "tiny",
+        dict(
+            data=[str(tiny_dataset)],
+            output=str(tmp_path / "one"),
+            mixture={"DynamicSweep": 1.0},
+            frames=5,
+            batch_size=2,
+            iterations=3,
+            save_every=2,
+            init=str(init),
+        ),
+    )
+    expected = train(one, progress=False).losses
+    assert [m["loss"] for m in _metrics(tmp_path / "two")] == pytest.approx(expected, rel=1e-5)

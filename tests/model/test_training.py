@@ -347,3 +347,25 @@ def test_from_wan_in_bfloat16_keeps_the_fp32_modules_and_the_weights(tmp_path):
         if name == "patch_embedding.weight":
             mine = mine[:, : p.shape[1]]  # the Wan channels; the condition channels start at zero
         torch.testing.assert_close(mine.float(), p.to(mine.dtype).float(), atol=0, rtol=0)
+
+
+def test_architecture_only_build_reads_no_weights(tmp_path, tiny_dataset):
+    """build_model(weights=False) needs only config.json: same names, shapes, dtypes and buffers as the real load."""
+    from factorportrait.training.build import build_model
+    from factorportrait.transformer import FactorPortraitTransformer
+
+    init = tmp_path / "init"
+    FactorPortraitTransformer.tiny(seed=0).save_pretrained(init)
+    config = _config(tmp_path, tiny_dataset, init=str(init))
+    loaded = build_model(config)
+    for weights in init.glob("*.safetensors"):
+        weights.unlink()  # from here on nothing can be read but the config
+    with pytest.raises(OSError):
+        build_model(config)
+    empty = build_model(config, weights=False)
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in loaded.named_parameters()}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in empty.named_parameters()} == shapes
+    assert not any(p.is_meta for p in empty.parameters())
+    loaded_buffers = dict(loaded.named_buffers())
+    for name, buffer in empty.named_buffers():  # computed, not loaded: the rope tables
+        torch.testing.assert_close(buffer, loaded_buffers[name], msg=name)

@@ -141,7 +141,9 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
         self.inner_dim = dim
         self._widen_patch_embedding(self.input_channels)
         # T2V cross-attention gets a fixed prompt embedding (zeros, or loaded with `set_prompt_embedding`).
-        self.register_buffer("prompt_embeds", torch.zeros(1, text_len, self.wan.config.text_dim))
+        # A frozen parameter rather than a buffer: FSDP2 shards it and accelerate's rank-0 loading broadcasts it
+        # (accelerate 1.15 cannot broadcast persistent buffers); its state-dict name is the same either way.
+        self.prompt_embeds = nn.Parameter(torch.zeros(1, text_len, self.wan.config.text_dim), requires_grad=False)
         self.controller = None
         self.landmark_encoder = None
         self.landmark_attn = None
@@ -224,6 +226,14 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
                 tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
         return self
 
+    def get_parameter_or_buffer(self, name: str) -> Tensor:
+        """A parameter or buffer by qualified name: the transformers-model method that accelerate's FSDP2 rank-0
+        loading (`fsdp2_load_full_state_dict`) calls to keep each tensor's dtype."""
+        try:
+            return self.get_parameter(name)
+        except AttributeError:
+            return self.get_buffer(name)
+
     def set_prompt_embedding(self, embeds: Tensor | str | Path) -> None:
         """Use a fixed T5 prompt embedding [L, text_dim] (tensor, .safetensors with key 'prompt_embeds', or .pt)."""
         if not isinstance(embeds, Tensor):
@@ -241,7 +251,8 @@ class FactorPortraitTransformer(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"prompt embedding has {embeds.shape[-1]} features, the model expects {self.wan.config.text_dim}"
             )
-        self.prompt_embeds = embeds.to(self.prompt_embeds)
+        with torch.no_grad():
+            self.prompt_embeds.data = embeds.to(self.prompt_embeds).contiguous()
 
     # ------------------------------------------------------------------ inputs
     def check_landmark_layout(self, layout: str | None, num_points: int, where: str = "input") -> None:

@@ -45,8 +45,15 @@ def _is_factorportrait(folder: str | Path) -> bool:
     return config.exists() and "wan_config" in json.loads(config.read_text())
 
 
-def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = None, dataset=None):
+def build_model(
+    config: TrainConfig, landmark_layout: tuple[str, int] | None = None, dataset=None, weights: bool = True
+):
     """The stage's transformer; `landmark_layout` = (name, K) of the training data's landmarks (C3 only).
+
+    `weights=False` reads no weights, only config.json: the same modules with uninitialised parameters
+    (`torch.empty`: pages never written are never resident) and real buffers. That is what the ranks other than 0
+    build under FSDP's cpu-RAM-efficient loading, where accelerate broadcasts rank 0's weights into the shards
+    (`distributed.rank0_loads_weights`); the caller then matches rank 0's dtypes (`distributed.match_dtypes`).
 
     A new expression controller (a model built from Wan or at random) gets `config.expression_code_scale`, or
     with 0 the scale of `dataset`'s codes (`training_code_scale`); a FactorPortrait model keeps its own.
@@ -69,6 +76,8 @@ def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = N
         log.info("expression code scale %.4g (%s)", scale, "config" if config.expression_code_scale else "data")
     if init is None:
         model = FactorPortraitTransformer.tiny(seed=config.seed, **options)
+    elif not weights:
+        model = _architecture_only(init, options)
     elif _is_factorportrait(init):
         model = FactorPortraitTransformer.from_pretrained(init)
         if landmark_layout is not None and model.landmark_encoder is not None:
@@ -89,6 +98,33 @@ def build_model(config: TrainConfig, landmark_layout: tuple[str, int] | None = N
         model.set_prompt_embedding(config.prompt_embeds)
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    return model
+
+
+def _architecture_only(init: str, options: dict):
+    """The model `init` holds, built from its config.json alone (see build_model's `weights=False`)."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from ..transformer import _ADOPT_WAN, FactorPortraitTransformer
+
+    with init_empty_weights(include_buffers=False):  # parameters on the meta device, buffers computed for real
+        if _is_factorportrait(init):
+            model = FactorPortraitTransformer.from_config(FactorPortraitTransformer.load_config(init))
+        else:
+            root = Path(init)
+            folder = root / "transformer" if (root / "transformer" / "config.json").exists() else root
+            wan = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder))
+            token = _ADOPT_WAN.set(wan)
+            try:
+                model = FactorPortraitTransformer(wan_config=dict(wan.config), **options)
+            finally:
+                _ADOPT_WAN.reset(token)
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                empty = torch.empty(param.shape, dtype=param.dtype, device="cpu")
+                module._parameters[name] = torch.nn.Parameter(empty, requires_grad=param.requires_grad)
     return model
 
 

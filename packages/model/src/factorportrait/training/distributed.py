@@ -62,6 +62,33 @@ def _fsdp_on_cpu(accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
 
 
+def rank0_loads_weights(accelerator) -> bool:
+    """True under FSDP with `fsdp_cpu_ram_efficient_loading: true`: accelerate's `prepare` broadcasts rank 0's
+    full state dict into every rank's shards, so the other ranks need the architecture only, not the weights."""
+    from accelerate.utils import DistributedType
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return (
+        accelerator.distributed_type == DistributedType.FSDP
+        and plugin is not None
+        and bool(getattr(plugin, "cpu_ram_efficient_loading", False))
+    )
+
+
+def match_dtypes(accelerator, model: torch.nn.Module) -> None:
+    """Collective: give every rank's parameters and buffers the dtypes they have on rank 0 (accelerate's broadcast
+    allocates each rank's receive buffer in that rank's own dtype, so they must agree)."""
+    from accelerate.utils import broadcast_object_list
+
+    tensors = dict([*model.named_parameters(), *model.named_buffers()])
+    names = [{name: str(t.dtype).removeprefix("torch.") for name, t in tensors.items()}]
+    broadcast_object_list(names, from_process=0)
+    for name, dtype in names[0].items():
+        tensor = tensors.get(name)
+        if tensor is not None and str(tensor.dtype).removeprefix("torch.") != dtype:
+            tensor.data = tensor.data.to(getattr(torch, dtype))
+
+
 def compute_dtype(accelerator) -> torch.dtype:
     precision = accelerator.mixed_precision
     return torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32

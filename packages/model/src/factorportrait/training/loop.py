@@ -75,7 +75,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, forc
 
     from .build import build_data, build_model, build_vae, make_loader, resolve_init, vae_source
     from .checkpoints import cleanup_partial, load_checkpoint, save_checkpoint
-    from .distributed import compute_dtype, export_final, make_accelerator
+    from .distributed import compute_dtype, export_final, make_accelerator, match_dtypes, rank0_loads_weights
     from .validation import validate
 
     # 1. check and build: a failed start leaves an earlier run's files untouched
@@ -87,7 +87,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, forc
     resolve_init(config)  # a missing starting point or VAE is reported before the data is read
     vae_from = vae_source(config)
     dataset, sampler, collate = build_data(config, rank, world)
-    model = build_model(config, getattr(dataset, "landmark_layout", None), dataset)
+    # Under FSDP's cpu-RAM-efficient loading only rank 0 reads weights; `prepare` broadcasts them to the others.
+    rank0_only = rank0_loads_weights(accelerator)
+    weights = accelerator.is_main_process or not rank0_only
+    model = build_model(config, getattr(dataset, "landmark_layout", None), dataset, weights=weights)
+    if rank0_only:
+        match_dtypes(accelerator, model)
+        if not weights:
+            print(f"rank {rank}: read no weights (FSDP cpu-RAM-efficient loading: rank 0's are broadcast)", flush=True)
     vae = build_vae(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     # Stepped once per optimiser step by this loop (never prepared): a function of optimiser steps only.
