@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# benchmarks/datagen.py would shadow the datagen package when this file is run as a script
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def make_video(path: Path, frames: int) -> Path:

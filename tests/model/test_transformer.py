@@ -61,7 +61,12 @@ def test_output_shapes_for_the_paper_stages(wan, frames, latent_frames):
 
 
 def _new_parameters(model: FactorPortraitTransformer) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if not n.startswith("wan.") or "patch_embedding" in n}
+    """Trainable parameters FactorPortrait adds to Wan (the frozen prompt embedding is not one)."""
+    return {
+        n: p
+        for n, p in model.named_parameters()
+        if p.requires_grad and (not n.startswith("wan.") or "patch_embedding" in n)
+    }
 
 
 def _train_a_little(model, steps=4, frames=5):

@@ -171,6 +171,15 @@ def run_reproduction(
         except Exception as err:  # noqa: BLE001
             steps.summaries["infer-demo"] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
 
+    if trained and splits.get("heldout_ids"):
+        from .sensitivity import condition_sensitivity
+
+        try:
+            steps.run("sensitivity", lambda: condition_sensitivity(config, run_dir, trained, splits), [])
+        except Exception as err:  # noqa: BLE001 - a diagnostic must not take the report down
+            log.error("step sensitivity failed: %s", err)
+            steps.summaries["sensitivity"] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
+
     # 6. report (always regenerated)
     from .report import write_report
 
