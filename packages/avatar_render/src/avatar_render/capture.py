@@ -4,6 +4,13 @@ A demo avatar has no real capture, so its track is synthesised from simple model
 in front of a phone does: blinks (Poisson, ~0.2 s), speech bursts (syllable-rate jaw and lip motion),
 smiles with cheek squint, brow raises, gaze saccades, head turns (smoothed random walks plus
 occasional deliberate turns) and small translations. Everything is a pure function of the seed.
+
+On top of those events, drawn from a second stream of the same seed (so the events themselves are unchanged):
+- micro-motion on every channel: a small positive log-normal tone (0.5-2 % of full scale, varying over 0.4-1.5 s),
+  so no channel ever rests exactly at zero and no two consecutive frames are equal, as in any tracked face;
+- gaze: fixations (the held targets) joined by saccades (a 2-frame minimum-jerk jump) or, for about a third of
+  the changes, by smooth pursuit (a 0.4-1 s glide), plus fixational drift;
+- speech: lower-lip depression and upper-lip raise following the syllables, lip closures between them.
 """
 
 from __future__ import annotations
@@ -102,9 +109,10 @@ def synthesize_rig_track(labels: list[str], num_frames: int, fps: float, seed: i
             add("eyeWideLeft", env * 0.6)
             add("eyeWideRight", env * 0.6)
 
-    # Gaze: small saccades (held fixations) left/right/up/down.
-    gaze_x = np.repeat(rng.uniform(-0.4, 0.4, n // 10 + 1), 10)[:n]
-    gaze_y = np.repeat(rng.uniform(-0.25, 0.25, n // 10 + 1), 10)[:n]
+    # Gaze: fixation targets left/right/up/down, one every 10 frames (joined by saccades or pursuit below).
+    fine = np.random.default_rng([seed, 7])  # the second stream: micro-motion, gaze dynamics, lip shapes
+    gaze_x = _saccades_and_pursuit(rng.uniform(-0.4, 0.4, n // 10 + 1), 10, n, fps, fine)
+    gaze_y = _saccades_and_pursuit(rng.uniform(-0.25, 0.25, n // 10 + 1), 10, n, fps, fine)
     add("eyeLookOutLeft", np.clip(gaze_x, 0, None))
     add("eyeLookInRight", np.clip(gaze_x, 0, None))
     add("eyeLookInLeft", np.clip(-gaze_x, 0, None))
@@ -123,4 +131,49 @@ def synthesize_rig_track(labels: list[str], num_frames: int, fps: float, seed: i
     roll = np.radians(3) * _smooth_noise(rng, n, fps * 1.0)
     translation = np.stack([0.006 * _smooth_noise(rng, n, fps * 1.2) for _ in range(3)], -1)
     poses = np.concatenate([np.stack([pitch, yaw, roll], -1), translation], -1)
+    _add_lip_shapes(weights, index, fine, n, fps, speech=weights[:, index["jawOpen"]] if "jawOpen" in index else None)
+    # Micro-motion: a positive tone on every channel, so nothing is ever exactly still.
+    for e in range(len(labels)):
+        tone = fine.uniform(0.005, 0.02) * np.exp(0.4 * _smooth_noise(fine, n, fps * fine.uniform(0.4, 1.5)))
+        weights[:, e] += tone
     return np.clip(weights, 0.0, 1.0), poses
+
+
+def _saccades_and_pursuit(
+    targets: np.ndarray, hold: int, n: int, fps: float, rng: np.random.Generator
+) -> np.ndarray:  # [n]
+    """Gaze over time: each target held `hold` frames; changes are saccades (2-frame minimum-jerk jumps) or, with
+    probability 1/3, smooth pursuit (a linear glide over 0.4-1 s); plus fixational drift (~1 % of the range)."""
+    gaze = np.repeat(targets, hold)[:n].astype(float)
+    out = gaze.copy()
+    for change in range(hold, n, hold):
+        before, after = out[change - 1], gaze[change]  # from where the eye is (a glide may be under way)
+        length = int(rng.uniform(0.4, 1.0) * fps) if rng.random() < 1 / 3 else 2
+        t = np.arange(1, length + 1) / (length + 1)
+        shape = t if length > 2 else 10 * t**3 - 15 * t**4 + 6 * t**5  # pursuit: linear; saccade: minimum jerk
+        end = min(n, change + length)
+        out[change:end] = before + (after - before) * shape[: end - change]
+    return out + 0.01 * _smooth_noise(rng, n, fps * 0.3)
+
+
+def _add_lip_shapes(
+    weights: np.ndarray, index: dict[str, int], rng: np.random.Generator, n: int, fps: float, speech
+) -> None:
+    """Lip shapes that follow the syllables: lower lip down / upper lip up while the jaw opens, closures between."""
+    if speech is None:
+        return
+    opening = np.clip(speech / 0.45, 0.0, 1.0)  # jawOpen relative to a loud syllable
+    talking = np.convolve(opening > 0.05, np.ones(int(fps)) / int(fps), mode="same")  # ~1 while speaking
+    closure = talking * np.clip(1.0 - 4.0 * opening, 0.0, 1.0)  # between syllables, lips meet
+    asymmetry = 1.0 + 0.15 * _smooth_noise(rng, n, fps * 1.0)
+    for name, value in (
+        ("mouthLowerDownLeft", 0.35 * opening * asymmetry),
+        ("mouthLowerDownRight", 0.35 * opening / asymmetry),
+        ("mouthUpperUpLeft", 0.15 * opening * asymmetry),
+        ("mouthUpperUpRight", 0.15 * opening / asymmetry),
+        ("mouthClose", 0.2 * closure),
+        ("mouthPressLeft", 0.1 * closure),
+        ("mouthPressRight", 0.1 * closure),
+    ):
+        if name in index:
+            weights[:, index[name]] += np.clip(value, 0.0, None)
