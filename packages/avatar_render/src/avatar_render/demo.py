@@ -31,6 +31,7 @@ from .avatar import Avatar
 from .capture import synthesize_rig_track
 from .gaussians import rgb_to_sh_dc
 from .geometry import rotmat_to_quat, triangle_frames
+from .shading import Lighting, bake_lighting, lighting_for
 
 NUM_DEMO_AVATARS = 16  # the kit's identities, demo-000 ... demo-015
 MAX_DEMO_AVATARS = 10_000  # generated ids run up to demo-9999
@@ -183,6 +184,7 @@ def _build_demo_avatar(index: int) -> Avatar:
     masks = {name: kit["vertex_masks"][i].double() for i, name in enumerate(mask_names)}
     grower = _GaussianGrower(vertices, faces, piece, masks, rng)
     grower.grow_all(look)
+    lighting = lighting_for(np.random.default_rng([9000, index]))  # its own stream: nothing else moves
 
     expression_map = kit["expression_map"].float()
     track_seed = 5000 + index if index < NUM_DEMO_AVATARS else 1_000_000 + index
@@ -210,9 +212,10 @@ def _build_demo_avatar(index: int) -> Avatar:
             "source": "FactorPortrait demo avatar grown from the demo kit: " + meta["source"],
             "licence": meta["licence"],
             "look": look.__dict__,
+            "lighting": lighting.__dict__,
             "identity": identity,
         },
-        **grower.finish(),
+        **grower.finish(lighting),
     )
 
 
@@ -282,6 +285,8 @@ class _GaussianGrower:
                 "local_log_scales": (sigmas / scale_f[:, None]).log(),
                 "opacity_logits": torch.log(opacity / (1 - opacity)),
                 "rgb": rgb.clamp(0.0, 1.0),
+                "points": points,  # canonical centres and normals of the binding triangle: for baking light
+                "normals": self.normal[tri],
             }
         )
 
@@ -421,9 +426,13 @@ class _GaussianGrower:
         opacity = torch.from_numpy(self.rng.uniform(0.55, 0.9, count))
         self._add(tri, points, world_rot, sigmas, rgb, opacity)
 
-    def finish(self) -> dict[str, Tensor]:
+    def finish(self, lighting: Lighting | None = None) -> dict[str, Tensor]:
+        """The avatar's Gaussian tensors; with `lighting`, its light baked into the colours (`shading`)."""
         merged = {key: torch.cat([p[key] for p in self.parts]) for key in self.parts[0]}
-        sh = rgb_to_sh_dc(merged.pop("rgb"))[:, None, :]
+        rgb, points, normals = merged.pop("rgb"), merged.pop("points"), merged.pop("normals")
+        if lighting is not None:
+            rgb = bake_lighting(rgb, points, normals, self.vertices, self.faces, lighting, merged["binding"])
+        sh = rgb_to_sh_dc(rgb)[:, None, :]
         out = {key: value.float() if value.is_floating_point() else value for key, value in merged.items()}
         out["sh"] = sh.float()
         return out
