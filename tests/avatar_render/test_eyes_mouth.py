@@ -68,8 +68,9 @@ def test_lower_teeth_ride_on_the_jaw_and_upper_teeth_on_the_skull(demo_avatar) -
         teeth = slice(upper.start, lower.stop)
         assert float((moved[teeth] - neutral[teeth]).norm(dim=-1).max()) < 1e-5, rig
     chin = demo_avatar.landmark_layout.vertex_ids[8]  # iBUG-68 point 8: the tip of the chin
-    chin_drop = demo_avatar.pose_mesh(_code(demo_avatar, jawOpen=1.0), torch.zeros(1, 6))[0, chin] - (
-        demo_avatar.neutral_vertices[chin]
+    chin_drop = (
+        demo_avatar.pose_mesh(_code(demo_avatar, jawOpen=1.0), torch.zeros(1, 6))[0, chin]
+        - (demo_avatar.neutral_vertices[chin])
     )
     assert float(drop[:, 1].mean()) == pytest.approx(float(chin_drop[1]), rel=0.6)
 
