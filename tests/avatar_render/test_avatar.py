@@ -261,10 +261,12 @@ def test_generated_looks_vary():
     assert {look.hair_style for look in looks} == set(demo.HAIR_STYLES)
     skins = np.array([look.skin for look in looks])
     assert skins[:, 0].min() < 0.45 and skins[:, 0].max() > 0.85  # light to dark
-    # the kit's 16 keep their historical looks
+    # the kit's 16 step through the palettes (7 hair styles since the strand hair; beards on ids 1, 6, 11)
     assert demo.demo_look(3) == demo.DemoLook(
-        skin=demo.SKIN_TONES[3], hair=demo.HAIR_COLOURS[10 % 7], eyes=demo.EYE_COLOURS[17 % 6], hair_style="medium"
+        skin=demo.SKIN_TONES[3], hair=demo.HAIR_COLOURS[10 % 7], eyes=demo.EYE_COLOURS[17 % 6], hair_style="long"
     )
+    assert [i for i in range(16) if demo.demo_look(i).beard] == [1, 6, 11]
+    assert {demo.demo_look(i).hair_style for i in range(16)} == set(demo.HAIR_STYLES)
 
 
 def test_near_twin_count():
@@ -272,5 +274,5 @@ def test_near_twin_count():
 
     kit = demo.near_twins(16)  # the kit's identities differ by 6 mm RMS and more
     assert kit["with_shape_twin"] == 0 and kit["with_twin"] == 0
-    loose = demo.near_twins(200, shape_mm=1e6, skin=2, colour=2)  # everything alike but hair style: 4 styles
+    loose = demo.near_twins(200, shape_mm=1e6, skin=2, colour=2)  # everything alike but hair style and beard
     assert loose["with_twin"] == 200

@@ -140,3 +140,34 @@ def test_the_open_mouth_is_dark_inside_and_the_cornea_shines(demo_avatar) -> Non
     camera = Camera.look_at((eye_target + torch.tensor([0.0, 0.0, 0.3]))[None], eye_target, 160, 160, fov_deg=8.0)
     eye = render(demo_avatar.canonical().frame(0), camera[0], backend="cpu").rgb[0]
     assert float(eye.min(-1).values.max()) > 0.8
+
+
+def test_hair_has_volume_stays_out_of_the_face_and_follows_the_style() -> None:
+    from avatar_render import load_avatar
+    from avatar_render.demo import HAIR_STYLES
+
+    def hair_height(avatar) -> torch.Tensor:  # [H] distance of each hair Gaussian above the skin, m
+        means = avatar.canonical().means[0]
+        skin = means[_part(avatar, "skin")]
+        hair = means[_part(avatar, "hair")]
+        return torch.cdist(hair, skin).min(-1).values
+
+    long_hair, bald = load_avatar("demo-003"), load_avatar("demo-004")
+    assert long_hair.metadata["look"]["hair_style"] == "long" and bald.metadata["look"]["hair_style"] == "bald"
+    assert "hair" not in bald.metadata["gaussian_parts"]
+    height = hair_height(long_hair)
+    # layered: the outer strands stand a centimetre off the scalp, the inner ones lie on it
+    assert float(height.quantile(0.9)) > 0.5 * HAIR_STYLES["long"].volume
+    assert float(height.quantile(0.1)) < 0.005
+    # strands are elongated along their direction (many times longer than thick)
+    scales = long_hair.local_log_scales[_part(long_hair, "hair")].exp()
+    assert float((scales.max(-1).values / scales.min(-1).values).median()) > 8
+    # no hair in front of the eyes: nothing in the face's box below the brows
+    eyes = long_hair.canonical().means[0][_part(long_hair, "eye_left")].mean(0)
+    hair = long_hair.canonical().means[0][_part(long_hair, "hair")]
+    in_face = (hair[:, 2] > eyes[2] - 0.02) & (hair[:, 0].abs() < 0.05) & (hair[:, 1] < eyes[1] + 0.01)
+    assert int(in_face.sum()) == 0
+    # and it is bound to the skull: a brow raise or a jaw drop leaves the hair where it was
+    neutral = long_hair.canonical().means[0][_part(long_hair, "hair")]
+    moved = _posed_means(long_hair, jawOpen=1.0)[_part(long_hair, "hair")]
+    assert float((moved - neutral).norm(dim=-1).max()) < 1e-4

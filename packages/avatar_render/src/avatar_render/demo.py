@@ -70,7 +70,34 @@ EYE_COLOURS = [
     (0.50, 0.40, 0.20),
     (0.48, 0.54, 0.60),
 ]
-HAIR_STYLES = {"buzz": (0.0, 0.003), "short": (0.02, 0.008), "medium": (0.06, 0.012), "long": (0.10, 0.016)}
+
+
+@dataclass(frozen=True)
+class HairStyle:
+    """Strands grown from the scalp: `drop` lowers the hairline at the back (m), `volume` is how far the outer
+    layer stands off the scalp (m), each strand is `segments` Gaussians of `segment_m` along it; `gravity` bends
+    strands down per segment, `curl` is the radius of a helix around the strand (m); `bun`: Gaussians of a
+    bun at the back of the crown."""
+
+    drop: float
+    volume: float
+    strands: int
+    segments: int
+    segment_m: float
+    gravity: float = 0.35
+    curl: float = 0.0
+    bun: bool = False
+
+
+HAIR_STYLES = {
+    "buzz": HairStyle(drop=0.0, volume=0.0015, strands=12000, segments=1, segment_m=0.003, gravity=0.0),
+    "short": HairStyle(drop=0.02, volume=0.007, strands=7000, segments=2, segment_m=0.012, gravity=0.25),
+    "medium": HairStyle(drop=0.06, volume=0.011, strands=6000, segments=3, segment_m=0.016),
+    "long": HairStyle(drop=0.10, volume=0.014, strands=4500, segments=7, segment_m=0.02, gravity=0.45),
+    "curly": HairStyle(drop=0.05, volume=0.016, strands=4000, segments=5, segment_m=0.01, gravity=0.15, curl=0.004),
+    "bun": HairStyle(drop=0.04, volume=0.004, strands=6000, segments=2, segment_m=0.016, gravity=0.0, bun=True),
+    "bald": HairStyle(drop=0.0, volume=0.0, strands=0, segments=0, segment_m=0.0),
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,7 @@ class DemoLook:
     hair: tuple[float, float, float]
     eyes: tuple[float, float, float]
     hair_style: str
+    beard: bool = False
 
 
 def demo_id(index: int) -> str:
@@ -124,7 +152,8 @@ def demo_look(index: int) -> DemoLook:
             skin=SKIN_TONES[index % len(SKIN_TONES)],
             hair=HAIR_COLOURS[(3 * index + 1) % len(HAIR_COLOURS)],
             eyes=EYE_COLOURS[(5 * index + 2) % len(EYE_COLOURS)],
-            hair_style=styles[(index * 3 + 1) % 4],
+            hair_style=styles[(index * 3 + 1) % len(styles)],
+            beard=index % 5 == 1,
         )
     rng = np.random.default_rng([7000, index])
     ramp = np.asarray(SKIN_TONES[:7])  # light -> dark; the 8th (rosy) tone is an alternative end point
@@ -137,7 +166,9 @@ def demo_look(index: int) -> DemoLook:
     def colour(values: np.ndarray) -> tuple[float, float, float]:
         return tuple(round(float(v), 4) for v in np.clip(values, 0.02, 0.98))
 
-    return DemoLook(skin=colour(skin), hair=colour(hair), eyes=colour(eyes), hair_style=styles[int(rng.integers(4))])
+    style = styles[int(rng.integers(len(styles)))]
+    beard = bool(rng.random() < 0.2)
+    return DemoLook(skin=colour(skin), hair=colour(hair), eyes=colour(eyes), hair_style=style, beard=beard)
 
 
 def demo_shape_weights(index: int) -> np.ndarray:
@@ -255,6 +286,7 @@ class _GaussianGrower:
         self.area = 0.5 * cross.norm(dim=-1)
         self.normal = self.rot[..., 1]  # a1 is the triangle normal
         self.face_piece = piece[faces]  # [F, 3]
+        self.vertex_piece = piece
         skin = (self.face_piece == 0).all(-1)
         self.skin = skin
         eye_left = vertices[piece == 2].mean(0)
@@ -364,6 +396,9 @@ class _GaussianGrower:
         self.grow_tongue()
         self.grow_brows(look)
         self.grow_hair(look)
+        self.grow_lashes(look)
+        if look.beard:
+            self.grow_beard(look)
 
     def grow_skin(self, look: DemoLook, count: int = 18000) -> None:
         tri, bary = self._sample(self.skin, count, cover_every_triangle=True)
@@ -442,33 +477,187 @@ class _GaussianGrower:
             rgb = self._jitter(brow_colour, len(tri), 0.08)
             self._add("brows", tri, points, world_rot, sigmas, rgb, torch.full((len(tri),), 0.8, dtype=torch.float64))
 
-    def grow_hair(self, look: DemoLook, count: int = 14000) -> None:
-        drop, thickness = HAIR_STYLES[look.hair_style]
+    def grow_hair(self, look: DemoLook) -> None:
+        """Strands from the scalp in layers (`HairStyle`): each a chain of elongated Gaussians along its direction,
+        flowing down and back from the crown, bent by gravity, kept off the scalp (the outer ones further) and out
+        of the face; all bound to their root's scalp triangle."""
+        style = HAIR_STYLES[look.hair_style]
+        if style.strands == 0:
+            return
         c = self.centre
         back = ((self.eye_z - c[:, 2]) / 0.12).clamp(0, 1)  # 0 at the face plane, 1 at the back of the head
-        hairline = self.eye_y + 0.05 - back**2 * (0.05 + drop)
+        hairline = self.eye_y + 0.05 - back**2 * (0.05 + style.drop)
         face = self.masks["face"][self.faces].mean(-1)
         ears = self.masks["ears"][self.faces].max(-1).values
-        tri_mask = self.skin & (c[:, 1] > hairline) & (ears < 0.3) & ((face < 0.5) | (c[:, 1] > self.eye_y + 0.055))
-        tri, bary = self._sample(tri_mask, count)
+        scalp = self.skin & (c[:, 1] > hairline) & (ears < 0.3) & ((face < 0.5) | (c[:, 1] > self.eye_y + 0.055))
+        n = style.strands
+        tri, bary = self._sample(scalp, n)
+        root = self._point(tri, bary)
+        normal = self.normal[tri]
+        crown = torch.tensor([0.0, self.eye_y + 0.12, self.eye_z - 0.08], dtype=torch.float64)
+        away = torch.nn.functional.normalize(root - crown, dim=-1)
+        direction = torch.nn.functional.normalize(away + torch.tensor([0.0, -0.6, -0.2], dtype=torch.float64), dim=-1)
+        # fringe: strands rooted near the forehead sweep to the side instead of over the eyes
+        front = (root[:, 2] > self.eye_z - 0.03).double()[:, None]
+        side = torch.stack(
+            [torch.sign(root[:, 0]) + (root[:, 0] == 0).double(), torch.zeros(n), -torch.ones(n) * 0.3], -1
+        )
+        direction = torch.nn.functional.normalize(direction + front * side * 0.8, dim=-1)
+        bun_centre = None
+        if style.bun:  # pulled back: every strand runs over the scalp toward the bun
+            bun_anchor, bun_centre = self._bun_place(scalp, crown)
+            toward = bun_centre - root
+            direction = torch.nn.functional.normalize(toward - (toward * normal).sum(-1, keepdim=True) * normal, dim=-1)
+        layer = torch.from_numpy(self.rng.uniform(0.15, 1.0, n))  # where the strand sits in the hair's depth
+        scalp_vertices = torch.unique(self.faces[scalp])
+        scalp_points, scalp_normals = self.vertices[scalp_vertices], self._vertex_normals()[scalp_vertices]
+        colour = self._jitter(torch.tensor(look.hair, dtype=torch.float64), n, 0.12)
+        phase = torch.from_numpy(self.rng.uniform(0, 2 * math.pi, n))
+        alive = torch.ones(n, dtype=torch.bool)
+        position = root + normal * 0.0008
+        for k in range(style.segments):
+            direction = torch.nn.functional.normalize(
+                direction + torch.tensor([0.0, -style.gravity, 0.0], dtype=torch.float64), dim=-1
+            )
+            step = direction * style.segment_m
+            if style.curl > 0:  # a helix around the strand: curls
+                a = torch.nn.functional.normalize(torch.cross(direction, normal, dim=-1), dim=-1)
+                b = torch.cross(direction, a, dim=-1)
+                angle = phase + (k + 1) * 2.2
+                step = step + style.curl * (a * angle.cos()[:, None] + b * angle.sin()[:, None]) * 0.8
+            nxt = position + step
+            # stand off the scalp: at least the strand's layer height above the nearest scalp vertex
+            lift = 0.0008 + style.volume * layer * min(1.0, (k + 1) / max(1, style.segments - 1))
+            nearest = torch.cdist(nxt, scalp_points).argmin(-1)
+            height = ((nxt - scalp_points[nearest]) * scalp_normals[nearest]).sum(-1)
+            nxt = nxt + scalp_normals[nearest] * (lift - height).clamp_min(0)[:, None]
+            # and out of the face: a strand stops where it would fall in front of the eyes or cheeks
+            in_face = (nxt[:, 2] > self.eye_z - 0.035) & (nxt[:, 0].abs() < 0.062) & (nxt[:, 1] < self.eye_y + 0.028)
+            alive &= ~in_face
+            if not bool(alive.any()):
+                break
+            mid, axis = 0.5 * (position + nxt), torch.nn.functional.normalize(nxt - position, dim=-1)
+            keep = torch.nonzero(alive).squeeze(-1)
+            world_rot = self._frame_along(axis[keep], normal[keep])
+            length = (nxt - position).norm(dim=-1)[keep]
+            width = 0.00045 + 0.0003 * layer[keep]
+            sigmas = torch.stack([0.55 * length, width, 1.6 * width], -1)
+            shade = (0.7 + 0.3 * layer[keep]) * (0.9 + 0.1 * (k + 1) / style.segments)  # outer layers and tips lighter
+            rgb = colour[keep] * shade[:, None] + 0.01
+            opacity = torch.from_numpy(self.rng.uniform(0.5, 0.9, len(keep)))
+            self._add("hair", tri[keep], mid[keep], world_rot, sigmas, rgb, opacity)
+            position, direction = nxt, axis
+        if bun_centre is not None:
+            self._grow_bun(look, bun_anchor, bun_centre)
+
+    _BUN_RADIUS = 0.026
+
+    def _bun_place(self, scalp: Tensor, crown: Tensor) -> tuple[Tensor, Tensor]:
+        """The scalp triangle at the back of the crown that carries a bun, and the bun's centre."""
+        centre_dir = torch.nn.functional.normalize(torch.tensor([0.0, 0.35, -1.0], dtype=torch.float64), dim=0)
+        scalp_ids = torch.nonzero(scalp).squeeze(-1)
+        anchor = scalp_ids[int(((self.centre[scalp_ids] - crown) @ centre_dir).argmax())]
+        return anchor, self.centre[anchor] + self.normal[anchor] * self._BUN_RADIUS * 0.85
+
+    def _grow_bun(self, look: DemoLook, anchor: Tensor, centre: Tensor, count: int = 3000) -> None:
+        """A bun: a ball of short curved Gaussians on the back of the crown, bound to the scalp triangle below it."""
+        radius = self._BUN_RADIUS
+        u = torch.nn.functional.normalize(torch.from_numpy(self.rng.normal(size=(count, 3))), dim=-1)
+        points = centre + u * radius * torch.from_numpy(self.rng.uniform(0.75, 1.0, count))[:, None]
+        tangent = torch.nn.functional.normalize(
+            torch.cross(u, torch.from_numpy(self.rng.normal(size=(count, 3))), dim=-1), dim=-1
+        )
+        world_rot = self._frame_along(tangent, u)
+        sigmas = torch.tensor([0.005, 0.0006, 0.001], dtype=torch.float64).expand(count, 3).clone()
+        rgb = self._jitter(torch.tensor(look.hair, dtype=torch.float64), count, 0.1) * 0.95 + 0.01
+        tri = anchor.repeat(count)
+        self._add("hair", tri, points, world_rot, sigmas, rgb, torch.from_numpy(self.rng.uniform(0.6, 0.9, count)))
+
+    def grow_lashes(self, look: DemoLook, count_per_eye: int = 160) -> None:
+        """Upper eyelashes: thin dark Gaussians on the skin at the upper rim of each eye opening, pointing out and
+        up; bound to the lid's triangles, so they close with a blink."""
+        colour = torch.tensor(look.hair, dtype=torch.float64) * 0.5 + 0.02
+        for centre in self.eye_centres:
+            radius = float((self.vertices[self.eye_piece_of(centre)] - centre).norm(dim=-1).max())
+            offset = self.centre - centre
+            distance = offset.norm(dim=-1)
+            toward = torch.nn.functional.normalize(offset, dim=-1)
+            rim = (
+                self.skin
+                & (distance > radius)
+                & (distance < radius + 0.003)
+                & (toward[:, 2] > 0.55)
+                & (toward[:, 1] > 0.15)
+            )
+            if not bool(rim.any()):
+                continue
+            tri, bary = self._sample(rim, count_per_eye)
+            points = self._point(tri, bary)
+            out = torch.nn.functional.normalize(points - centre, dim=-1)
+            direction = torch.nn.functional.normalize(out + torch.tensor([0.0, 0.5, 0.4], dtype=torch.float64), dim=-1)
+            world_rot = self._frame_along(direction, self.normal[tri])
+            sigmas = torch.tensor([0.0011, 0.00012, 0.00018], dtype=torch.float64).expand(len(tri), 3).clone()
+            points = points + direction * 0.001
+            rgb = self._jitter(colour, len(tri), 0.05)
+            self._add("lashes", tri, points, world_rot, sigmas, rgb, torch.full((len(tri),), 0.75, dtype=torch.float64))
+
+    def grow_beard(self, look: DemoLook, count: int = 5000) -> None:
+        """A short full beard and moustache: strands on the chin, jaw line and upper lip (the face region below the
+        cheekbones, not the lips or the mouth), bound to those triangles, so they move with the jaw."""
+        c = self.centre
+        face = self.masks["face"][self.faces].mean(-1)
+        lips = self.masks["lips"][self.faces].max(-1).values
+        mouth = self.masks["inside-mouth"][self.faces].max(-1).values
+        low = c[:, 1] < self.eye_y - 0.05
+        region = self.skin & low & (face > 0.3) & (lips < 0.2) & (mouth < 0.2) & (c[:, 2] > self.eye_z - 0.08)
+        region &= ~((c[:, 0].abs() > 0.045) & (c[:, 1] > self.eye_y - 0.075))  # not the upper cheeks
+        if not bool(region.any()):
+            return
+        tri, bary = self._sample(region, count)
         points = self._point(tri, bary)
         normal = self.normal[tri]
-        # strands flow down and back from the crown
-        crown = torch.tensor([0.0, self.eye_y + 0.12, self.eye_z - 0.08], dtype=torch.float64)
-        flow = torch.nn.functional.normalize(points - crown, dim=-1) + torch.tensor(
-            [0.0, -0.6, -0.2], dtype=torch.float64
+        direction = torch.nn.functional.normalize(
+            normal * 0.4 + torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64), dim=-1
         )
-        world_rot = self._oriented(tri, flow)
-        lift = torch.from_numpy(self.rng.uniform(0.1, 1.0, count)) * thickness + 0.0008
-        points = points + normal * lift[:, None]
-        length = 0.004 + 0.006 * min(1.0, thickness / 0.012)
+        lift = torch.from_numpy(self.rng.uniform(0.3, 1.0, count)) * 0.0025 + 0.0005
+        world_rot = self._frame_along(direction, normal)
         sigmas = torch.stack(
-            [torch.full((count,), length), torch.full((count,), 0.0006), torch.full((count,), 0.0011)], -1
+            [torch.full((count,), 0.0022), torch.full((count,), 0.0004), torch.full((count,), 0.0007)], -1
         ).double()
-        shade = 0.75 + 0.25 * (lift / max(thickness, 1e-3)).clamp(0, 1)  # outer layers catch more light
-        rgb = self._jitter(torch.tensor(look.hair, dtype=torch.float64), count, 0.12) * shade[:, None] + 0.01
-        opacity = torch.from_numpy(self.rng.uniform(0.55, 0.9, count))
-        self._add("hair", tri, points, world_rot, sigmas, rgb, opacity)
+        rgb = self._jitter(torch.tensor(look.hair, dtype=torch.float64), count, 0.1) * (
+            0.75 + 0.25 * lift[:, None] / 0.003
+        )
+        self._add(
+            "beard",
+            tri,
+            points + normal * lift[:, None],
+            world_rot,
+            sigmas,
+            rgb,
+            torch.from_numpy(self.rng.uniform(0.5, 0.85, count)),
+        )
+
+    def eye_piece_of(self, centre: Tensor) -> Tensor:  # [V] bool: the eyeball's vertices
+        return (self.vertex_piece == (2 if float(centre[0]) > 0 else 3)) & (
+            (self.vertices - centre).norm(dim=-1) < 0.02
+        )
+
+    def _vertex_normals(self) -> Tensor:  # [V,3] area-weighted
+        v = self.vertices[self.faces]
+        cross = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+        normals = torch.zeros_like(self.vertices).index_add_(0, self.faces.reshape(-1), cross.repeat_interleave(3, 0))
+        return torch.nn.functional.normalize(normals, dim=-1)
+
+    def _frame_along(self, axis: Tensor, normal: Tensor) -> Tensor:  # [M,3], [M,3] -> [M,3,3]
+        """World rotations with columns (axis, the normal made orthogonal to it, their cross)."""
+        axis = torch.nn.functional.normalize(axis, dim=-1)
+        second = normal - (normal * axis).sum(-1, keepdim=True) * axis
+        helper = torch.tensor([0.0, 1.0, 0.0], dtype=axis.dtype).expand_as(axis)
+        second = torch.where(
+            second.norm(dim=-1, keepdim=True) < 1e-6, helper - (helper * axis).sum(-1, keepdim=True) * axis, second
+        )
+        second = torch.nn.functional.normalize(second, dim=-1)
+        return torch.stack([axis, second, torch.cross(axis, second, dim=-1)], dim=-1)
 
     def grow_teeth(
         self, teeth: Teeth, jaw_open: Tensor, lighting: Lighting, rng: np.random.Generator, count_per_arch: int = 450
@@ -598,7 +787,7 @@ def near_twins(
     weights = np.stack([demo_shape_weights(i) for i in range(count)])
     looks = [demo_look(i) for i in range(count)]
     skins, hairs, eyes = (np.array([getattr(look, name) for look in looks]) for name in ("skin", "hair", "eyes"))
-    styles = np.array([list(HAIR_STYLES).index(look.hair_style) for look in looks])
+    styles = np.array([list(HAIR_STYLES).index(look.hair_style) * 2 + look.beard for look in looks])
     twins = shape_twins = 0
     nearest = []
     for start in range(0, count, block):
