@@ -9,7 +9,9 @@ the renders in which a face is found by
 It also reports the share of exactly repeated consecutive frames in each capture track (all 128 code
 dimensions equal to the previous frame's; a tracked performance has none).
 
-    uv run python benchmarks/avatar_realism.py [--size 256] [--ids 16] [--save-dir DIR]
+    uv run python benchmarks/avatar_realism.py [--size 256] [--ids 16] [--save-dir DIR] [--figure PNG]
+
+`--figure docs/figures/demo_avatars.png` also writes the preview grid of the README (every id at 0 and +45 deg).
 
 Both detectors come with the project's environment (opencv is a dependency of mediapipe); nothing is added.
 """
@@ -91,11 +93,23 @@ def repeated_share(codes: torch.Tensor) -> float:  # [T, D] -> share of frames e
     return float(same.float().mean())
 
 
+def write_grid(tiles: list[np.ndarray], path: Path, per_row: int) -> None:
+    """Tiles [H, W, 3] in rows of `per_row` (white padding), written atomically as a PNG."""
+    from avatar_render.preview import save_png
+
+    blank = np.full_like(tiles[0], 255)
+    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]
+    rows[-1] = rows[-1] + [blank] * (per_row - len(rows[-1]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0), path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--ids", type=int, default=16)
     parser.add_argument("--save-dir", type=Path, help="also write each render as a PNG here")
+    parser.add_argument("--figure", type=Path, help="also write a grid of the 0 and +45 deg renders (8 per row)")
     args = parser.parse_args()
     from PIL import Image
 
@@ -104,6 +118,7 @@ def main() -> None:
     haar, mp = HaarDetector(), MediaPipeDetectors()
     hits = {(name, yaw): 0 for name in ("haar", "blazeface", "facemesh") for yaw in YAWS_DEG}
     repeats = []
+    tiles: list[np.ndarray] = []
     ids = demo_ids(args.ids)
     for demo in ids:
         avatar = load_demo_avatar(demo)
@@ -112,10 +127,14 @@ def main() -> None:
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(args.save_dir / f"{demo}_yaw{yaw:+.0f}.png")
+            if yaw in (0.0, 45.0):
+                tiles.append(np.asarray(Image.fromarray(image).resize((160, 160), Image.LANCZOS)))
             detected, meshed = mp.found(image)
             hits["haar", yaw] += haar.found(image, yaw)
             hits["blazeface", yaw] += detected
             hits["facemesh", yaw] += meshed
+    if args.figure:
+        write_grid(tiles, args.figure, per_row=8)
     n = len(ids)
     print(f"demo avatars: {n}, renders {args.size} px, neutral face, white background")
     print("| detector | " + " | ".join(f"yaw {y:+.0f} deg" for y in YAWS_DEG) + " |")

@@ -93,7 +93,7 @@ HAIR_STYLES = {
     "buzz": HairStyle(drop=0.0, volume=0.0015, strands=12000, segments=1, segment_m=0.003, gravity=0.0),
     "short": HairStyle(drop=0.02, volume=0.007, strands=7000, segments=2, segment_m=0.012, gravity=0.25),
     "medium": HairStyle(drop=0.06, volume=0.011, strands=6000, segments=3, segment_m=0.016),
-    "long": HairStyle(drop=0.10, volume=0.014, strands=4500, segments=7, segment_m=0.02, gravity=0.45),
+    "long": HairStyle(drop=0.10, volume=0.014, strands=4500, segments=7, segment_m=0.02, gravity=0.7),
     "curly": HairStyle(drop=0.05, volume=0.016, strands=4000, segments=5, segment_m=0.01, gravity=0.15, curl=0.004),
     "bun": HairStyle(drop=0.04, volume=0.004, strands=6000, segments=2, segment_m=0.016, gravity=0.0, bun=True),
     "bald": HairStyle(drop=0.0, volume=0.0, strands=0, segments=0, segment_m=0.0),
@@ -502,7 +502,7 @@ class _GaussianGrower:
         side = torch.stack(
             [torch.sign(root[:, 0]) + (root[:, 0] == 0).double(), torch.zeros(n), -torch.ones(n) * 0.3], -1
         )
-        direction = torch.nn.functional.normalize(direction + front * side * 0.8, dim=-1)
+        direction = torch.nn.functional.normalize(direction + front * side * 0.6, dim=-1)
         bun_centre = None
         if style.bun:  # pulled back: every strand runs over the scalp toward the bun
             bun_anchor, bun_centre = self._bun_place(scalp, crown)
@@ -546,7 +546,10 @@ class _GaussianGrower:
             rgb = colour[keep] * shade[:, None] + 0.01
             opacity = torch.from_numpy(self.rng.uniform(0.5, 0.9, len(keep)))
             self._add("hair", tri[keep], mid[keep], world_rot, sigmas, rgb, opacity)
-            position, direction = nxt, axis
+            # hair lies on the head: near the scalp a strand does not point away from it (no spikes)
+            outward = (axis * scalp_normals[nearest]).sum(-1, keepdim=True).clamp_min(0)
+            hugging = ((nxt - scalp_points[nearest]).norm(dim=-1, keepdim=True) < 0.04).double()
+            position, direction = nxt, axis - hugging * outward * scalp_normals[nearest]
         if bun_centre is not None:
             self._grow_bun(look, bun_anchor, bun_centre)
 
