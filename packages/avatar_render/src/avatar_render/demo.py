@@ -329,13 +329,12 @@ class _GaussianGrower:
         sigmas: Tensor,
         rgb: Tensor,
         opacity: Tensor,
-        normals: Tensor | None = None,
         lit: bool = True,
     ) -> None:
         """Store Gaussians given in world terms (rotation [M,3,3], per-axis sigmas [M,3]) in triangle frames.
 
-        `part` names the region (`part_ranges`); `normals` [M,3] are the surface normals used to bake light
-        (default: the binding triangle's); `lit=False` keeps the colour as given (a specular highlight).
+        `part` names the region (`part_ranges`); light is baked with the binding triangle's normal; `lit=False`
+        keeps the colour as given (a specular highlight, or teeth lit on their own mesh).
         """
         rot_f, centre_f, scale_f = self.rot[tri], self.centre[tri], self.scale[tri]
         local_mean = (rot_f.transpose(-1, -2) @ (points - centre_f)[..., None]).squeeze(-1) / scale_f[:, None]
@@ -350,7 +349,7 @@ class _GaussianGrower:
                 "opacity_logits": torch.log(opacity / (1 - opacity)),
                 "rgb": rgb.clamp(0.0, 1.0),
                 "points": points,  # canonical centres and surface normals: for baking light
-                "normals": self.normal[tri] if normals is None else normals,
+                "normals": self.normal[tri],
                 "lit": torch.full((len(tri),), lit),
             }
         )
