@@ -135,11 +135,17 @@ def test_the_open_mouth_is_dark_inside_and_the_cornea_shines(demo_avatar) -> Non
     assert int(cavity.sum()) > 100
     face = (mask.rgb[0][..., 0] > 0.4) & (mask.rgb[0][..., 1] < 0.6) & (mask.alpha[0][..., 0] > 0.99)
     assert float(shown[cavity].mean()) < 0.4 * float(shown[face].mean())
-    # the corneal highlight is the brightest spot of the eye: near white, unshaded
+    # the corneal highlight is the brightest spot of the eye: near white, brighter than the eye without it
     eye_target = _posed_means(demo_avatar)[_part(demo_avatar, "eye_left")].mean(0) + torch.tensor([0.0, 0.0, 0.015])
     camera = Camera.look_at((eye_target + torch.tensor([0.0, 0.0, 0.3]))[None], eye_target, 160, 160, fov_deg=8.0)
-    eye = render(demo_avatar.canonical().frame(0), camera[0], backend="cpu").rgb[0]
-    assert float(eye.min(-1).values.max()) > 0.8
+    opacity = demo_avatar.opacity_logits.clone()
+    opacity[_part(demo_avatar, "eye_highlight_left")] = -20.0  # transparent: the eye as it would be without it
+    without = dataclasses.replace(demo_avatar, opacity_logits=opacity)
+    brightest = [
+        float(render(avatar.canonical().frame(0), camera[0], backend="cpu").rgb[0].min(-1).values.max())
+        for avatar in (demo_avatar, without)
+    ]
+    assert brightest[0] > 0.8 and brightest[0] > brightest[1] + 0.05
 
 
 def test_hair_has_volume_stays_out_of_the_face_and_follows_the_style() -> None:

@@ -31,6 +31,7 @@ from .avatar import Avatar
 from .capture import synthesize_rig_track
 from .gaussians import rgb_to_sh_dc
 from .geometry import rotmat_to_quat, triangle_frames
+from .normals import vertex_normals
 from .shading import Lighting, bake_lighting, lighting_for
 from .teeth import Teeth, build_teeth
 
@@ -41,6 +42,7 @@ CAPTURE_FPS = 25.0
 _DEMO_ID = re.compile(r"demo-(\d{3,4})")
 _MIX_SHAPES = (2, 3)  # kit meshes mixed into one generated face
 # guide-mesh pieces: the kit's 0 skin, 1 tongue, 2 left eye, 3 right eye; the teeth are ours (teeth.py)
+EYE_PIECES = (2, 3)  # the subject's left (+X) and right eyeball
 PIECE_UPPER_TEETH, PIECE_LOWER_TEETH = 4, 5
 
 SKIN_TONES = [
@@ -421,7 +423,7 @@ class _GaussianGrower:
 
     def grow_eyes(self, look: DemoLook, count_per_eye: int = 1200) -> None:
         iris = torch.tensor(look.eyes, dtype=torch.float64)
-        for piece_id, centre, side in ((2, self.eye_centres[0], "left"), (3, self.eye_centres[1], "right")):
+        for piece_id, centre, side in zip(EYE_PIECES, self.eye_centres, ("left", "right"), strict=True):
             tri_mask = (self.face_piece == piece_id).all(-1)
             tri, bary = self._sample(tri_mask, count_per_eye, cover_every_triangle=True)
             points = self._point(tri, bary)
@@ -509,7 +511,10 @@ class _GaussianGrower:
             direction = torch.nn.functional.normalize(toward - (toward * normal).sum(-1, keepdim=True) * normal, dim=-1)
         layer = torch.from_numpy(self.rng.uniform(0.15, 1.0, n))  # where the strand sits in the hair's depth
         scalp_vertices = torch.unique(self.faces[scalp])
-        scalp_points, scalp_normals = self.vertices[scalp_vertices], self._vertex_normals()[scalp_vertices]
+        scalp_points, scalp_normals = (
+            self.vertices[scalp_vertices],
+            vertex_normals(self.vertices, self.faces)[scalp_vertices],
+        )
         colour = self._jitter(torch.tensor(look.hair, dtype=torch.float64), n, 0.12)
         phase = torch.from_numpy(self.rng.uniform(0, 2 * math.pi, n))
         alive = torch.ones(n, dtype=torch.bool)
@@ -579,8 +584,8 @@ class _GaussianGrower:
         """Upper eyelashes: thin dark Gaussians on the skin at the upper rim of each eye opening, pointing out and
         up; bound to the lid's triangles, so they close with a blink."""
         colour = torch.tensor(look.hair, dtype=torch.float64) * 0.5 + 0.02
-        for centre in self.eye_centres:
-            radius = float((self.vertices[self.eye_piece_of(centre)] - centre).norm(dim=-1).max())
+        for piece_id, centre in zip(EYE_PIECES, self.eye_centres, strict=True):
+            radius = float((self.vertices[self.vertex_piece == piece_id] - centre).norm(dim=-1).max())
             offset = self.centre - centre
             distance = offset.norm(dim=-1)
             toward = torch.nn.functional.normalize(offset, dim=-1)
@@ -638,17 +643,6 @@ class _GaussianGrower:
             rgb,
             torch.from_numpy(self.rng.uniform(0.5, 0.85, count)),
         )
-
-    def eye_piece_of(self, centre: Tensor) -> Tensor:  # [V] bool: the eyeball's vertices
-        return (self.vertex_piece == (2 if float(centre[0]) > 0 else 3)) & (
-            (self.vertices - centre).norm(dim=-1) < 0.02
-        )
-
-    def _vertex_normals(self) -> Tensor:  # [V,3] area-weighted
-        v = self.vertices[self.faces]
-        cross = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
-        normals = torch.zeros_like(self.vertices).index_add_(0, self.faces.reshape(-1), cross.repeat_interleave(3, 0))
-        return torch.nn.functional.normalize(normals, dim=-1)
 
     def _frame_along(self, axis: Tensor, normal: Tensor) -> Tensor:  # [M,3], [M,3] -> [M,3,3]
         """World rotations with columns (axis, the normal made orthogonal to it, their cross)."""
@@ -711,7 +705,7 @@ class _GaussianGrower:
         half = torch.tensor(
             [math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)], dtype=torch.float64
         )
-        for piece_id, centre, side_name in ((2, self.eye_centres[0], "left"), (3, self.eye_centres[1], "right")):
+        for piece_id, centre, side_name in zip(EYE_PIECES, self.eye_centres, ("left", "right"), strict=True):
             tri_ids = torch.nonzero((self.face_piece == piece_id).all(-1)).squeeze(-1)
             direction = torch.nn.functional.normalize(self.centre[tri_ids] - centre, dim=-1)
             tri = tri_ids[int((direction @ half).argmax())]
@@ -768,7 +762,7 @@ class _GaussianGrower:
                 closed_points = (rot[b] @ local[..., None]).squeeze(-1) + centre[b]
                 around = self._faces_near(closed_lids, list(self.eye_centres), 0.05)
                 closed = bake_lighting(rgb[on_lid], closed_points, rot[b][..., 1], closed_lids, around, lighting)
-                w = lid[on_lid, None].clamp(0, 1)
+                w = lid[on_lid, None]
                 baked[on_lid] = (1 - w) * baked[on_lid] + w * torch.maximum(baked[on_lid], closed)
             rgb = torch.where(lit[:, None], baked, rgb)
         sh = rgb_to_sh_dc(rgb)[:, None, :]

@@ -37,7 +37,7 @@ _ARCH_ANGLE = np.deg2rad(72.0)  # the arch's half-angle: the first premolars sit
 class Teeth:
     """Guide-mesh pieces: vertices [Vt,3], faces [Ft,3] (indices into these vertices), blendshape offsets
     [E,Vt,3], head weights [Vt]; per vertex: lower [Vt] (on the jaw), arc [Vt] (m from the midline, signed),
-    height [Vt] (0 biting edge .. 1 gum); tooth_edges: arc lengths of the gaps between neighbouring teeth."""
+    height [Vt] (0 biting edge .. 1 gum); upper_edges / lower_edges: arc lengths of the gaps between teeth."""
 
     vertices: Tensor
     faces: Tensor
@@ -63,8 +63,8 @@ def build_teeth(
 
     The arches are placed as far forward and as wide as the mouth allows: among a few placements (how far behind
     the inner lip surface, how wide), those that the closed lips hide from every viewpoint of a portrait camera
-    (`_hidden`: depth maps of the neutral head from 9 directions around the mouth) are kept, and of those the one
-    most seen through the opened mouth (jaw half open, 3 directions) wins."""
+    (`_DepthViews.hidden`: depth maps of the neutral head from 9 directions around the mouth) are kept, and of
+    those the one most seen through the opened mouth (jaw half open, 3 directions) wins."""
     v = vertices.double()
     cavity = (inside_mouth > 0.5) & (piece == 0)
     if int(cavity.sum()) < 20 or "jawOpen" not in labels:
@@ -89,12 +89,13 @@ def build_teeth(
     opened = v + 0.6 * basis[labels.index("jawOpen")].double()
     open_views = _DepthViews(opened, around, target, _OPEN_VIEWS)
     jaw_open_row = jaw_rows.index(labels.index("jawOpen"))
+    arch_faces = _all_faces()
     best, best_score = None, None
     for back in _PLACEMENT_BACK_M:
         for width in _PLACEMENT_WIDTH:
             points, lower_mask, arc, upper_edges, lower_edges = _arches(seam, lip_z - back, width * half_width)
-            samples = torch.cat([points, points[_all_faces()].mean(1)])
-            sample_lower = torch.cat([lower_mask, lower_mask[_all_faces()].any(-1)])
+            samples = torch.cat([points, points[arch_faces].mean(1)])  # vertices and triangle centres
+            sample_lower = torch.cat([lower_mask, lower_mask[arch_faces].any(-1)])
             offsets = jaw_offsets(samples[sample_lower])
             hidden = float(neutral_views.hidden(samples).float().mean())
             moved = samples.clone()
@@ -114,7 +115,7 @@ def build_teeth(
     teeth_head_weights = (head_weights.double()[cavity][hw_nearest] * hw_weights).sum(1)
     return Teeth(
         vertices=points.to(vertices.dtype),
-        faces=_all_faces(),
+        faces=arch_faces,
         basis=offsets.to(basis.dtype),
         head_weights=teeth_head_weights.to(head_weights.dtype),
         lower=lower_mask,
@@ -145,17 +146,17 @@ class _DepthViews:
         direction = torch.stack([pitch.cos() * yaw.sin(), pitch.sin(), pitch.cos() * yaw.cos()], -1)
         self.size = 160  # 0.5 mm per pixel over the 8 cm window: a tooth is ~10 px wide
         self.camera = Camera.look_at(target + 0.3 * direction, target, self.size, self.size, fov_deg=15.0)
-        fragments = rasterize_mesh(vertices, faces, self.camera.viewmat.double(), self.camera.K.double(), 160, 160)
+        viewmat, K = self.camera.viewmat.double(), self.camera.K.double()
+        fragments = rasterize_mesh(vertices, faces, viewmat, K, self.size, self.size)
         self.depth = torch.where(fragments.face_ids >= 0, fragments.depth, torch.full_like(fragments.depth, 1e9))
 
     def hidden(self, points: Tensor) -> Tensor:  # [P,3] -> [P] bool: behind the surface in every view
-        viewmat, K = self.camera.viewmat.double(), self.camera.K.double()
-        cam = torch.einsum("cij,pj->cpi", viewmat[:, :3, :3], points.double()) + viewmat[:, None, :3, 3]
-        z = cam[..., 2]
-        u = (K[:, None, 0, 0] * cam[..., 0] / z + K[:, None, 0, 2]).floor().long()
-        v = (K[:, None, 1, 1] * cam[..., 1] / z + K[:, None, 1, 2]).floor().long()
+        from .landmarks import project_points
+
+        uv, z = project_points(points.double()[None], self.camera.K.double(), self.camera.viewmat.double())  # [C,P]
+        u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
         inside = (u >= 0) & (u < self.size) & (v >= 0) & (v < self.size)
-        surface = self.depth[torch.arange(len(cam))[:, None], v.clamp(0, self.size - 1), u.clamp(0, self.size - 1)]
+        surface = self.depth[torch.arange(len(z))[:, None], v.clamp(0, self.size - 1), u.clamp(0, self.size - 1)]
         behind = inside & (z > surface + 2e-4)
         return behind.all(0)
 
