@@ -32,7 +32,7 @@ from .capture import synthesize_rig_track
 from .gaussians import rgb_to_sh_dc
 from .geometry import rotmat_to_quat, triangle_frames
 from .normals import vertex_normals
-from .shading import Lighting, bake_lighting, lighting_for
+from .shading import Lighting, bake_lighting, light_terms, lighting_for, shade, sheen_coefficients
 from .teeth import Teeth, build_teeth
 
 NUM_DEMO_AVATARS = 16  # the kit's identities, demo-000 ... demo-015
@@ -43,6 +43,7 @@ _DEMO_ID = re.compile(r"demo-(\d{3,4})")
 _MIX_SHAPES = (2, 3)  # kit meshes mixed into one generated face
 # guide-mesh pieces: the kit's 0 skin, 1 tongue, 2 left eye, 3 right eye; the teeth are ours (teeth.py)
 EYE_PIECES = (2, 3)  # the subject's left (+X) and right eyeball
+SHEEN_PARTS = ("skin",)  # regions with a view-dependent highlight (shading.sheen_coefficients)
 PIECE_UPPER_TEETH, PIECE_LOWER_TEETH = 4, 5
 
 SKIN_TONES = [
@@ -741,6 +742,14 @@ class _GaussianGrower:
             start = stop
         return ranges
 
+    def _part_mask(self, names: tuple[str, ...]) -> Tensor:  # [N] float64: 1 on the Gaussians of regions `names`
+        return torch.cat(
+            [
+                torch.full((len(p["binding"]),), float(n in names), dtype=torch.float64)
+                for n, p in zip(self.part_names, self.parts, strict=True)
+            ]
+        )
+
     def finish(self, lighting: Lighting | None = None, closed_lids: Tensor | None = None) -> dict[str, Tensor]:
         """The avatar's Gaussian tensors; with `lighting`, its light baked into the colours (`shading`).
 
@@ -749,9 +758,12 @@ class _GaussianGrower:
         into the socket and would bake dark, showing as a shadow at every blink)."""
         merged = {key: torch.cat([p[key] for p in self.parts]) for key in self.parts[0]}
         rgb, points, normals, lit = (merged.pop(key) for key in ("rgb", "points", "normals", "lit"))
+        sheen = None
         if lighting is not None:
             binding = merged["binding"]
-            baked = bake_lighting(rgb, points, normals, self.vertices, self.faces, lighting, binding)
+            n, ao, shadow = light_terms(points, normals, self.vertices, self.faces, lighting, binding)
+            baked = shade(rgb, n, ao, shadow, lighting)
+            sheen = sheen_coefficients(n, ao, shadow, lighting) * self._part_mask(SHEEN_PARTS)[:, None, None]
             if closed_lids is not None:
                 travel = (closed_lids - self.vertices).norm(dim=-1)[self.faces[binding]].mean(-1)  # [N] m
                 lid = (travel / 0.004).clamp(0, 1) * lit  # the skin that slides over the eye when it closes
@@ -766,6 +778,8 @@ class _GaussianGrower:
                 baked[on_lid] = (1 - w) * baked[on_lid] + w * torch.maximum(baked[on_lid], closed)
             rgb = torch.where(lit[:, None], baked, rgb)
         sh = rgb_to_sh_dc(rgb)[:, None, :]
+        if sheen is not None:
+            sh = torch.cat([sh, sheen.to(sh.dtype)], dim=1)  # degree 1: the skin's sheen
         out = {key: value.float() if value.is_floating_point() else value for key, value in merged.items()}
         out["sh"] = sh.float()
         return out
