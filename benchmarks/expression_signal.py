@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_grad_enabled(False)
     config = ReproConfig.from_dict(json.loads((args.run / "config.json").read_text()), str(args.run / "config.json"))
     sources = {s.sequence_id: s for s in load_sources(split_roots(args.run, args.split))}
-    vae = WanVideoVAE.from_pretrained(args.run / "wan").eval()
+    vae = WanVideoVAE.from_pretrained(args.run / "wan")
     frames = config.eval_frames
     rows, avatars = [], {}
     for mode, clips in eval_clips(config, args.run, args.split).items():
