@@ -42,6 +42,10 @@ class ReproConfig:
     device: str = "cpu"  # cpu | cuda
     mixed_precision: str = "no"  # no | bf16 (fine-tuning; the VAE and instruments stay fp32)
     threads: int = 2  # torch intra-op threads
+    # worker processes for independent steps (VAE / instruments, latent caches, fine-tuning chains, evaluations),
+    # each with threads // step_parallel threads: on a small CPU two 1-thread processes do ~2x the work of one
+    # 2-thread process (reproduction/workers.py); 1 = everything in this process (a single GPU)
+    step_parallel: int = 1
     # ---- data (datagen, demo avatars demo-000 .. demo-015)
     train_ids: list[str] = field(default_factory=lambda: [f"demo-{i:03d}" for i in range(12)])
     heldout_ids: list[str] = field(default_factory=lambda: [f"demo-{i:03d}" for i in range(12, 16)])
@@ -124,6 +128,7 @@ class ReproConfig:
         need(not set(self.train_ids) & set(self.heldout_ids), "heldout_ids", "must not overlap train_ids")
         need(set(self.heldout_sequence_ids) <= set(self.train_ids), "heldout_sequence_ids", "must be train ids (or [])")
         need(self.render_parallel >= 1, "render_parallel", "must be >= 1")
+        need(self.step_parallel >= 1, "step_parallel", "must be >= 1")
         need(self.normal_mesh in ("neutral", "tracked"), "normal_mesh", "neutral or tracked")
         need(len(self.studio_yaw_deg) == len(self.studio_pitch_deg) >= 1, "studio_yaw_deg", "one pitch per yaw")
         need(self.heldout_sequence_seed != self.seed, "heldout_sequence_seed", "must differ from seed")

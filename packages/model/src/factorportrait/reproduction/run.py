@@ -19,6 +19,31 @@ log = logging.getLogger("factorportrait.reproduction")
 RenderFn = Callable[[RenderJob, Path], None]
 
 
+#: Modules imported at the start of a run, in the main process and in every worker.
+CHAIN_MODULES = tuple(
+    f"factorportrait.{name}"
+    for name in (
+        "trainer",
+        "data.clips",
+        "data.latent_cache",
+        "transformer",
+        "vae",
+        "cli.infer",
+        "cli.evaluate",
+        "inference.pipeline",
+        "metrics",
+        "expression_encoder",
+        "reproduction.evaluate",
+        "reproduction.finetune",
+        "reproduction.instruments",
+        "reproduction.prior",
+        "reproduction.vae_train",
+        "reproduction.sensitivity",
+        "reproduction.report",
+    )
+) + ("diffusers",)
+
+
 def _say(message: str) -> None:
     log.info(message)
 
@@ -35,22 +60,12 @@ def run_reproduction(
 
     import torch
 
-    # Import every module the chain uses now: a long run then uses the code as it was at its start, even if
-    # the working tree changes while it runs.
-    for name in (
-        "trainer",
-        "data.clips",
-        "data.latent_cache",
-        "transformer",
-        "vae",
-        "cli.infer",
-        "cli.evaluate",
-        "inference.pipeline",
-        "metrics",
-        "expression_encoder",
-    ):
-        importlib.import_module(f"factorportrait.{name}")
-    import diffusers  # noqa: F401
+    from .workers import Workers
+
+    # Import every module the chain uses now (here and in the worker processes): a long run then uses the code
+    # as it was at its start, even if the working tree changes while it runs.
+    for name in CHAIN_MODULES:
+        importlib.import_module(name)
 
     torch.set_num_threads(config.threads)
     run_dir = Path(run_dir)
@@ -58,7 +73,21 @@ def run_reproduction(
     write_json_atomic(run_dir / "config.json", config.to_dict())
     steps = StepRunner(run_dir)
     tick = time.perf_counter()
+    with Workers(config.step_parallel, config.threads, CHAIN_MODULES) as workers:
+        _run_steps(config, run_dir, render, available, steps, workers)
+    # 6. report (always regenerated)
+    from .report import write_report
 
+    report = write_report(config, run_dir, report_path, steps.summaries)
+    log.info("wrote %s; this invocation took %.0f s", report, time.perf_counter() - tick)
+    return steps.summaries
+
+
+def _run_steps(
+    config: ReproConfig, run_dir: Path, render: RenderFn, available: set[str], steps: StepRunner, workers
+) -> None:
+    """Steps 1-5 (data, VAE and prior, instruments, latents, fine-tuning, evaluation); `workers` runs the
+    independent ones side by side."""
     # 1. data
     wanted = [d for d, n in config.sequences.items() if n > 0]
     jobs = render_jobs(config, available)
@@ -86,54 +115,69 @@ def run_reproduction(
         list(pool.map(render_step, jobs))
     present = set(split_roots(run_dir, "train"))
 
-    # 2. VAE
+    # 2-4. VAE -> prior beside the instruments (independent of both), then the latent caches
+    from .finetune import build_cache, first_stage, latent_cache_dir, run_stage, train_config
+    from .instruments import FILES, train_instruments
+    from .prior import train_prior
     from .vae_train import train_vae
 
-    steps.run("vae", lambda: train_vae(config, run_dir, _say), ["wan/vae/config.json"])
-    # 3a. prior
-    from .prior import train_prior
+    def vae_then_prior() -> None:
+        steps.run("vae", lambda: workers.call(train_vae, config, run_dir, _say), ["wan/vae/config.json"])
+        steps.run("prior", lambda: workers.call(train_prior, config, run_dir, _say), ["wan/transformer/config.json"])
 
-    steps.run("prior", lambda: train_prior(config, run_dir, _say), ["wan/transformer/config.json"])
-    # 4. instruments (before fine-tuning: independent of it, and cheap to fail early on)
-    from .instruments import FILES, train_instruments
+    def instruments() -> None:  # before fine-tuning: independent of it, and cheap to fail early on
+        outputs = [f"instruments/{f}" for f in FILES.values()]
+        steps.run("instruments", lambda: workers.call(train_instruments, config, run_dir, _say), outputs)
 
-    steps.run(
-        "instruments", lambda: train_instruments(config, run_dir, _say), [f"instruments/{f}" for f in FILES.values()]
-    )
-
-    # 3b. fine-tuning
-    from .finetune import build_cache, first_stage, latent_cache_dir, run_stage, train_config
+    workers.side_by_side([vae_then_prior, instruments])
 
     data_roots = list(split_roots(run_dir, "train").values())
-    for frames in sorted(set(config.stage_frames)):
+
+    def latents(frames: int) -> None:
         cache = latent_cache_dir(run_dir, frames).relative_to(run_dir)
         steps.run(
             f"latents-frames{frames:03d}",
-            lambda f=frames: build_cache(config, run_dir, f, data_roots, present),
+            lambda: workers.call(build_cache, config, run_dir, frames, data_roots, present),
             [f"{cache}/index.json"],
         )
+
+    workers.side_by_side([lambda f=f: latents(f) for f in sorted(set(config.stage_frames), reverse=True)])
+
+    # 3b. fine-tuning: one chain of stages per variant; C1 continues from Full's stage 2, so it runs in Full's chain
     trained: dict[str, Path] = {}
-    for variant in [v for v in VARIANTS if v in config.variants]:
-        ok = True
+
+    def chain(variant: str) -> bool:
         for stage in range(first_stage(variant), 5):
             name = f"train-{variant}-stage{stage}"
             full_stage2 = run_dir / "train" / "full" / "stage2" / "final" / "config.json"
             if variant == "c1" and not steps.is_done(name) and not full_stage2.exists():
-                ok = False
                 steps.summaries[name] = {"wall_s": 0.0, "summary": {"error": "needs Full's stage 2"}}
-                break
+                return False
             cfg = train_config(config, run_dir, variant, stage, data_roots, present)
             out = f"train/{variant}/stage{stage}/final/config.json"
             try:
-                steps.run(name, lambda cfg=cfg: run_stage(cfg), [out])
+                steps.run(name, lambda cfg=cfg: workers.call(run_stage, cfg), [out])
             except Exception as err:  # noqa: BLE001 - one ablation failing must not take the others down
                 log.error("step %s failed: %s", name, err)
                 log.debug(traceback.format_exc())
                 steps.summaries[name] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
-                ok = False
-                break
-        if ok:
-            trained[variant] = run_dir / "train" / variant / "stage4" / "final"
+                return False
+        trained[variant] = run_dir / "train" / variant / "stage4" / "final"
+        return True
+
+    def chains_of(variants: list[str]) -> Callable[[], None]:
+        def run_chains() -> None:
+            for variant in variants:
+                chain(variant)
+
+        return run_chains
+
+    chosen = [v for v in VARIANTS if v in config.variants]
+    first = ["full"] + (["c1"] if "c1" in chosen else [])
+    # longest first: C3's landmark encoder makes it the costliest chain, then Full + C1, then C2
+    groups = [first] + [[v] for v in ("c3", "c2") if v in chosen]
+    workers.side_by_side([chains_of(g) for g in groups])
+    trained = {v: trained[v] for v in VARIANTS if v in trained}
 
     # 5. evaluation
     from .evaluate import baselines, eval_clips, evaluate_model, run_model_eval
@@ -144,19 +188,23 @@ def run_reproduction(
         if split_roots(run_dir, split) and (clips := eval_clips(config, run_dir, split))
     }
     steps.run("eval-baselines", lambda: baselines(config, run_dir, splits), [])
-    for variant, model_dir in trained.items():
-        name = f"eval-{variant}"
+
+    def evaluate(variant: str) -> None:
+        name, model_dir = f"eval-{variant}", trained[variant]
+        swaps = variant in config.swap_variants
+
+        def run() -> dict:
+            return workers.call(evaluate_model, config, run_dir, variant, model_dir, splits, swaps=swaps, log=_say)
+
         try:
-            steps.run(
-                name,
-                lambda v=variant, m=model_dir: evaluate_model(
-                    config, run_dir, v, m, splits, swaps=v in config.swap_variants, log=_say
-                ),
-                [f"eval/videos/{variant}"],
-            )
+            steps.run(name, run, [f"eval/videos/{variant}"])
         except Exception as err:  # noqa: BLE001
             log.error("step %s failed: %s", name, err)
             steps.summaries[name] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
+
+    # the models with swap tests take longest: start them first
+    order = sorted(trained, key=lambda v: v not in config.swap_variants)
+    workers.side_by_side([lambda v=v: evaluate(v) for v in order])
     if "full" in trained and steps.is_done("eval-full"):
         try:
             steps.run(
@@ -179,13 +227,6 @@ def run_reproduction(
         except Exception as err:  # noqa: BLE001 - a diagnostic must not take the report down
             log.error("step sensitivity failed: %s", err)
             steps.summaries["sensitivity"] = {"wall_s": 0.0, "summary": {"error": f"{type(err).__name__}: {err}"}}
-
-    # 6. report (always regenerated)
-    from .report import write_report
-
-    report = write_report(config, run_dir, report_path, steps.summaries)
-    log.info("wrote %s; this invocation took %.0f s", report, time.perf_counter() - tick)
-    return steps.summaries
 
 
 def infer_demo(config: ReproConfig, run_dir: Path, model_dir: Path) -> dict:
