@@ -11,7 +11,8 @@ dimensions equal to the previous frame's; a tracked performance has none).
 
     uv run python benchmarks/avatar_realism.py [--size 256] [--ids 16] [--save-dir DIR] [--figure PNG]
 
-`--figure docs/figures/demo_avatars.png` also writes the preview grid of the README (every id at 0 and +45 deg).
+`--figure docs/figures/demo_avatars.png` also writes the preview grid of the README (every id at 0 and +45 deg,
+head-and-shoulders framing).
 
 Both detectors come with the project's environment (opencv is a dependency of mediapipe); nothing is added.
 """
@@ -28,17 +29,23 @@ import torch
 YAWS_DEG = (0.0, 45.0, -45.0)
 
 
-def render_views(avatar, size: int) -> list[np.ndarray]:
-    """uint8 [size, size, 3] renders at YAWS_DEG on a white background (turntable cameras, neutral face)."""
+FACE_FRAMING = (0.30, -0.035)  # (distance m, look-at height m): the face fills the frame (detector renders)
+PORTRAIT_FRAMING = (0.45, -0.085)  # head and shoulders: avatar_render.preview.turntable_cameras' default
+
+
+def render_views(
+    avatar, size: int, framing: tuple[float, float] = FACE_FRAMING, yaws: tuple[float, ...] = YAWS_DEG
+) -> list[np.ndarray]:
+    """uint8 [size, size, 3] renders at `yaws` on a white background (turntable cameras 5 deg up, 53.1 deg fov,
+    neutral face). The detector figures use FACE_FRAMING, the framing of every earlier measurement."""
     from avatar_render.camera import Camera
     from avatar_render.rendering import render
 
-    # the preview turntable's framing (avatar_render.preview.turntable_cameras): 0.30 m, 5 deg up, 53.1 deg fov
-    target = torch.tensor((0.0, -0.035, 0.0))
-    distance, elevation = 0.30, math.radians(5.0)
+    target = torch.tensor((0.0, framing[1], 0.0))
+    distance, elevation = framing[0], math.radians(5.0)
     posed = avatar.pose(torch.zeros(1, avatar.expression_dim), torch.zeros(1, 6))
     out = []
-    for yaw_deg in YAWS_DEG:
+    for yaw_deg in yaws:
         yaw = math.radians(yaw_deg)
         eye = (
             torch.tensor(
@@ -127,12 +134,13 @@ def main() -> None:
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(args.save_dir / f"{demo}_yaw{yaw:+.0f}.png")
-            if yaw in (0.0, 45.0):
-                tiles.append(np.asarray(Image.fromarray(image).resize((160, 160), Image.LANCZOS)))
             detected, meshed = mp.found(image)
             hits["haar", yaw] += haar.found(image, yaw)
             hits["blazeface", yaw] += detected
             hits["facemesh", yaw] += meshed
+        if args.figure:
+            for image in render_views(avatar, args.size, PORTRAIT_FRAMING, yaws=(0.0, 45.0)):
+                tiles.append(np.asarray(Image.fromarray(image).resize((160, 160), Image.LANCZOS)))
     if args.figure:
         write_grid(tiles, args.figure, per_row=8)
     n = len(ids)

@@ -78,10 +78,13 @@ def test_mouth_opening_code_moves_the_jaw_not_the_forehead(demo_avatar):
     opened = demo_avatar.pose(_code_for(demo_avatar, jawOpen=1.0), torch.zeros(1, 6))
     drop = opened.vertices[0] - neutral.vertices[0]
     assert float(drop.norm(dim=-1).max()) > 0.02  # the jaw opens by centimetres
-    chin = neutral.vertices[0][:, 1].argmin()  # lowest vertex of the face region below the mouth moves down
-    lower = neutral.vertices[0][:, 1] < neutral.vertices[0][chin, 1] + 0.06
-    front = neutral.vertices[0][:, 2] > 0.04
-    assert float(drop[lower & front, 1].min()) < -0.01
+    from avatar_render.landmarks import DEMO_TOPOLOGY_VERTICES
+
+    head = neutral.vertices[0][:DEMO_TOPOLOGY_VERTICES]  # the kit's head (teeth and bust follow its vertices)
+    chin = head[:, 1].argmin()  # lowest vertex of the face region below the mouth moves down
+    lower = head[:, 1] < head[chin, 1] + 0.06
+    front = head[:, 2] > 0.04
+    assert float(drop[:DEMO_TOPOLOGY_VERTICES][lower & front, 1].min()) < -0.01
     forehead = neutral.means[0][:, 1] > 0.05
     assert float((opened.means[0][forehead] - neutral.means[0][forehead]).norm(dim=-1).max()) < 1e-5
 
@@ -262,9 +265,18 @@ def test_generated_looks_vary():
     skins = np.array([look.skin for look in looks])
     assert skins[:, 0].min() < 0.45 and skins[:, 0].max() > 0.85  # light to dark
     # the kit's 16 step through the palettes (7 hair styles since the strand hair; beards on ids 1, 6, 11)
-    assert demo.demo_look(3) == demo.DemoLook(
-        skin=demo.SKIN_TONES[3], hair=demo.HAIR_COLOURS[10 % 7], eyes=demo.EYE_COLOURS[17 % 6], hair_style="long"
+    look = demo.demo_look(3)
+    assert (look.skin, look.hair, look.eyes, look.hair_style) == (
+        demo.SKIN_TONES[3],
+        demo.HAIR_COLOURS[10 % 7],
+        demo.EYE_COLOURS[17 % 6],
+        "long",
     )
+    # clothes come from a stream of their own: a palette colour within +-3 sigma of its 8 % jitter
+    assert any(np.all(np.abs(np.array(look.garment) / np.array(c) - 1) < 0.25) for c in demo.GARMENT_COLOURS)
+    necklines = {demo.demo_look(i).neckline for i in range(16, 416)}
+    assert necklines == {"crew", "v"}
+    assert len({demo.demo_look(i).garment for i in range(16)}) > 8  # identities dress differently
     assert [i for i in range(16) if demo.demo_look(i).beard] == [1, 6, 11]
     assert {demo.demo_look(i).hair_style for i in range(16)} == set(demo.HAIR_STYLES)
 

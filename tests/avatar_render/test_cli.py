@@ -52,7 +52,7 @@ def test_errors_are_clear(tmp_path, capsys):
 def test_info_and_save(tmp_path, capsys):
     assert main(["info", "demo-000"]) == 0
     text = capsys.readouterr().out
-    assert "4736 vertices" in text and "128-d" in text  # the kit head (4538) + teeth (198)
+    assert "5450 vertices" in text and "128-d" in text  # the kit head (4538) + teeth (198) + bust (714)
     out = tmp_path / "d.avatar.safetensors"
     assert main(["save", "demo-000", "--out", str(out)]) == 0
     assert main(["info", str(out)]) == 0

@@ -62,14 +62,17 @@ def test_the_far_side_of_a_sphere_is_in_its_own_shadow() -> None:
 
 @pytest.fixture(scope="module")
 def face_gaussians(demo_avatar):
-    """Front-facing skin Gaussians of the neutral demo avatar: canonical centres, normals, albedo stand-in."""
+    """Front-facing head-skin Gaussians of the neutral demo avatar: canonical centres, normals, albedo stand-in."""
     from avatar_render.geometry import triangle_frames
 
     rot, centre, scale = triangle_frames(demo_avatar.neutral_vertices.double(), demo_avatar.faces)
     tri = demo_avatar.binding
     points = (rot[tri] @ (demo_avatar.local_means.double() * scale[tri, None])[..., None]).squeeze(-1) + centre[tri]
     normals = rot[tri][..., 1]
-    front = normals[:, 2] > 0.8
+    start, stop = demo_avatar.metadata["gaussian_parts"]["skin"]  # the head's skin (the bust's chest faces +Z too)
+    skin = torch.zeros(len(tri), dtype=torch.bool)
+    skin[start:stop] = True
+    front = (normals[:, 2] > 0.8) & skin
     return points[front].float(), normals[front].float(), tri[front], front
 
 

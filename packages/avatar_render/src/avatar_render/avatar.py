@@ -9,6 +9,9 @@ Posing, for T frames at once:
                 then the whole mesh translates by the pose's translation.
 4. binding      triangle frames (R_f, c_f, s_f) of the posed mesh carry each Gaussian:
                 mu = s_f R_f mu_local + c_f; scale = exp(log_scale) s_f; q = quat(R_f) * n(q_local).
+5. colour       SH coefficients are stored in the canonical frame (neutral mesh, zero pose); with degree >= 1
+                each Gaussian's view-dependent colour turns with its triangle, R_f(posed) R_f(neutral)^T, so a
+                sheen stays on the skin when the head turns (degree 0 needs nothing).
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from torch import Tensor
 from .gaussians import GaussianSet
 from .geometry import axis_angle_to_rotmat, quat_multiply, rotmat_to_quat, triangle_frames
 from .landmarks import LandmarkLayout, default_layout, project_landmarks
+from .sh import rotate_sh
 
 
 @dataclass
 class PosedAvatar:
-    """T posed frames: Gaussians (means, quats, log_scales per frame; opacity and SH shared) and mesh."""
+    """T posed frames: Gaussians (means, quats, log_scales per frame; opacity and canonical SH shared) and mesh.
+
+    With SH degree >= 1, `sh_rotations` [T, F, 3, 3] (each triangle's rotation from the neutral mesh) and
+    `binding` [N] turn the view-dependent colour of frame t in `frame(t)`.
+    """
 
     means: Tensor  # [T, N, 3]
     quats: Tensor  # [T, N, 4]
@@ -36,6 +44,8 @@ class PosedAvatar:
     vertices: Tensor  # [T, V, 3]
     faces: Tensor  # [F, 3]
     landmark_layout: LandmarkLayout | None = None
+    sh_rotations: Tensor | None = None  # [T, F, 3, 3]
+    binding: Tensor | None = None  # [N]
 
     def landmarks(
         self, Ks: Tensor, viewmats: Tensor, width: int, height: int, pair_frames: bool = False
@@ -62,7 +72,7 @@ class PosedAvatar:
             quats=self.quats[t],
             log_scales=self.log_scales[t],
             opacity_logits=self.opacity_logits,
-            sh=self.sh,
+            sh=self.sh if self.sh_rotations is None else rotate_sh(self.sh, self.sh_rotations[t], self.binding),
         )
 
 
@@ -186,6 +196,11 @@ class Avatar:
         """Pose T frames at once: expression codes [T, D], head poses [T, 6] -> `PosedAvatar`."""
         vertices = self.pose_mesh(expression, head_pose)
         means, quats, log_scales = self.bind(vertices)
+        sh_rotations = None
+        if self.sh.shape[1] > 1:  # view-dependent colour turns with its triangle (module docstring, step 5)
+            posed_rot = triangle_frames(vertices, self.faces)[0]
+            neutral_rot = triangle_frames(self.neutral_vertices, self.faces)[0]
+            sh_rotations = posed_rot @ neutral_rot.transpose(-1, -2)
         return PosedAvatar(
             means=means,
             quats=quats,
@@ -195,6 +210,8 @@ class Avatar:
             vertices=vertices,
             faces=self.faces,
             landmark_layout=self.landmark_layout,
+            sh_rotations=sh_rotations,
+            binding=None if sh_rotations is None else self.binding,
         )
 
     def canonical(self) -> PosedAvatar:

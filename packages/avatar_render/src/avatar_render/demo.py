@@ -28,11 +28,12 @@ import torch
 from torch import Tensor
 
 from .avatar import Avatar
+from .bust import Bust, build_bust
 from .capture import synthesize_rig_track
 from .gaussians import rgb_to_sh_dc
 from .geometry import rotmat_to_quat, triangle_frames
 from .normals import vertex_normals
-from .shading import Lighting, bake_lighting, lighting_for
+from .shading import Lighting, bake_lighting, light_terms, lighting_for, shade, sheen_coefficients
 from .teeth import Teeth, build_teeth
 
 NUM_DEMO_AVATARS = 16  # the kit's identities, demo-000 ... demo-015
@@ -43,7 +44,9 @@ _DEMO_ID = re.compile(r"demo-(\d{3,4})")
 _MIX_SHAPES = (2, 3)  # kit meshes mixed into one generated face
 # guide-mesh pieces: the kit's 0 skin, 1 tongue, 2 left eye, 3 right eye; the teeth are ours (teeth.py)
 EYE_PIECES = (2, 3)  # the subject's left (+X) and right eyeball
+SHEEN_PARTS = ("skin", "neck")  # regions with a view-dependent highlight (shading.sheen_coefficients)
 PIECE_UPPER_TEETH, PIECE_LOWER_TEETH = 4, 5
+PIECE_BUST = 6  # neck, shoulders and chest (bust.py)
 
 SKIN_TONES = [
     (0.95, 0.80, 0.70),
@@ -63,6 +66,18 @@ HAIR_COLOURS = [
     (0.76, 0.62, 0.40),
     (0.62, 0.62, 0.62),
     (0.12, 0.08, 0.06),
+]
+GARMENT_COLOURS = [  # muted everyday tops: navy, charcoal, white, black, burgundy, olive, denim, beige, teal, rust
+    (0.12, 0.15, 0.28),
+    (0.22, 0.22, 0.24),
+    (0.88, 0.88, 0.86),
+    (0.06, 0.06, 0.07),
+    (0.42, 0.10, 0.14),
+    (0.30, 0.33, 0.18),
+    (0.28, 0.38, 0.55),
+    (0.72, 0.64, 0.52),
+    (0.10, 0.36, 0.38),
+    (0.55, 0.26, 0.14),
 ]
 EYE_COLOURS = [
     (0.33, 0.19, 0.09),
@@ -109,6 +124,8 @@ class DemoLook:
     eyes: tuple[float, float, float]
     hair_style: str
     beard: bool = False
+    garment: tuple[float, float, float] = (0.2, 0.22, 0.3)
+    neckline: str = "crew"  # or "v"
 
 
 def demo_id(index: int) -> str:
@@ -149,6 +166,13 @@ def demo_look(index: int) -> DemoLook:
     continuous colours (a skin tone between two neighbouring palette tones, palette hair and eyes with jitter)
     from their own random stream."""
     styles = list(HAIR_STYLES)
+    # the garment from a stream of its own, so every other draw of earlier versions stays as it was
+    clothes = np.random.default_rng([7100, index])
+    garment = np.asarray(GARMENT_COLOURS[int(clothes.integers(len(GARMENT_COLOURS)))]) * (
+        1 + clothes.normal(0, 0.08, 3)
+    )
+    neckline = "v" if clothes.random() < 0.35 else "crew"
+    dressed = {"garment": tuple(round(float(v), 4) for v in np.clip(garment, 0.02, 0.98)), "neckline": neckline}
     if index < NUM_DEMO_AVATARS:
         return DemoLook(
             skin=SKIN_TONES[index % len(SKIN_TONES)],
@@ -156,6 +180,7 @@ def demo_look(index: int) -> DemoLook:
             eyes=EYE_COLOURS[(5 * index + 2) % len(EYE_COLOURS)],
             hair_style=styles[(index * 3 + 1) % len(styles)],
             beard=index % 5 == 1,
+            **dressed,
         )
     rng = np.random.default_rng([7000, index])
     ramp = np.asarray(SKIN_TONES[:7])  # light -> dark; the 8th (rosy) tone is an alternative end point
@@ -170,7 +195,7 @@ def demo_look(index: int) -> DemoLook:
 
     style = styles[int(rng.integers(len(styles)))]
     beard = bool(rng.random() < 0.2)
-    return DemoLook(skin=colour(skin), hair=colour(hair), eyes=colour(eyes), hair_style=style, beard=beard)
+    return DemoLook(skin=colour(skin), hair=colour(hair), eyes=colour(eyes), hair_style=style, beard=beard, **dressed)
 
 
 def demo_shape_weights(index: int) -> np.ndarray:
@@ -228,12 +253,22 @@ def _build_demo_avatar(index: int) -> Avatar:
     masks = {name: torch.cat([mask, mask.new_zeros(len(teeth.vertices))]) for name, mask in masks.items()}
     basis = torch.cat([basis, teeth.basis.to(basis.dtype)], dim=1)
     head_weights = torch.cat([head_weights, teeth.head_weights.to(head_weights.dtype)])
+    # neck and shoulders: one more piece, lofted from the neck opening (its first ring is the head's own loop)
+    bust = build_bust(vertices, faces, piece, head_weights)
+    bust_first = len(vertices)
+    vertices = torch.cat([vertices, bust.vertices.double()])
+    faces = torch.cat([faces, bust.faces])
+    piece = torch.cat([piece, torch.full((len(bust.vertices),), PIECE_BUST, dtype=piece.dtype)])
+    masks = {name: torch.cat([mask, mask.new_zeros(len(bust.vertices))]) for name, mask in masks.items()}
+    basis = torch.cat([basis, basis.new_zeros(basis.shape[0], len(bust.vertices), 3)], dim=1)
+    head_weights = torch.cat([head_weights, bust.head_weights.to(head_weights.dtype)])
     lighting = lighting_for(np.random.default_rng([9000, index]))  # its own stream: nothing else moves
     grower = _GaussianGrower(vertices, faces, piece, masks, rng)
     grower.grow_all(look)
     # after everything else, from streams of their own: the earlier parts keep their draws
     grower.grow_teeth(teeth, basis[labels.index("jawOpen")].double(), lighting, np.random.default_rng([9100, index]))
     grower.grow_eye_highlights(lighting)
+    grower.grow_bust(bust, bust_first, look, np.random.default_rng([9200, index]))
     blink = [labels.index("eyeBlinkLeft"), labels.index("eyeBlinkRight")]
 
     expression_map = kit["expression_map"].float()
@@ -661,7 +696,9 @@ class _GaussianGrower:
         """Enamel on both arches (teeth.py): ivory per identity, dark gaps between teeth, a band of gum, the biting
         edge a little translucent. Their light is baked on the mesh with the jaw half open (on the neutral mesh the
         closed lips would hide them completely and bake them black); `jaw_open` [V,3] is that blendshape."""
-        first = len(self.vertices) - len(teeth.vertices)
+        first = int(
+            torch.nonzero((self.vertex_piece == PIECE_UPPER_TEETH) | (self.vertex_piece == PIECE_LOWER_TEETH)).min()
+        )
         ivory = torch.tensor([0.95, 0.92, 0.83], dtype=torch.float64) * rng.uniform(0.86, 1.0)
         ivory = ivory * torch.tensor([1.0, 1.0, 1.0 - rng.uniform(0.0, 0.08)], dtype=torch.float64)
         gum = torch.tensor([0.80, 0.46, 0.46], dtype=torch.float64)
@@ -691,6 +728,36 @@ class _GaussianGrower:
         )
         for (part, tri, bary, _, sigma), rgb in zip(arches, lit.split([len(a[1]) for a in arches]), strict=True):
             self._surface_gaussians(part, tri, bary, sigma, rgb, opacity=0.995, lit=False)
+
+    def grow_bust(self, bust: Bust, first: int, look: DemoLook, rng: np.random.Generator, count: int = 8000) -> None:
+        """Skin on the neck down to a neckline and a garment below it (`look.garment`, `look.neckline`: crew or v),
+        `count` Gaussians uniform by area on the bust (`first`: index of the bust's first own vertex)."""
+        tri_mask = (self.face_piece == PIECE_BUST).any(-1)
+        corner_drop = torch.cat([torch.zeros(first, dtype=torch.float64), bust.drop])  # the loop lies at drop 0
+        corner_angle = torch.zeros(len(self.vertices), dtype=torch.float64)
+        corner_angle[bust.loop] = bust.angle[: len(bust.loop)]
+        corner_angle[first:] = bust.angle
+        saved, self.rng = self.rng, rng
+        try:
+            tri, bary = self._sample(tri_mask, count, cover_every_triangle=True)
+            drop = (corner_drop[self.faces[tri]] * bary).sum(-1)
+            # a triangle's corner angles unwrapped around its first corner's (the loop crosses +-pi at the back)
+            angles = corner_angle[self.faces[tri]]
+            angles = angles[:, :1] + torch.remainder(angles - angles[:, :1] + math.pi, 2 * math.pi) - math.pi
+            front = (0.5 * (1 + (angles * bary).sum(-1).cos())).clamp(0, 1)  # 1 at the front, 0 at the back
+            line = 0.035 + (0.075 * front**6 if look.neckline == "v" else 0.03 * front**2)  # neckline drop, m
+            garment = drop > line
+            skin = self._jitter(torch.tensor(look.skin, dtype=torch.float64), len(tri), 0.03)
+            cloth = self._jitter(torch.tensor(look.garment, dtype=torch.float64), len(tri), 0.02)
+            hem = torch.exp(-(((drop - line) / 0.004) ** 2)) * garment  # a darker band along the neckline
+            rgb = torch.where(garment[:, None], cloth, skin) * (1 - 0.18 * hem)[:, None]
+            sigma = math.sqrt(float(self.area[tri_mask].sum()) / count)
+            edge = (drop - line).abs() < 0.008  # small Gaussians along the neckline keep it crisp
+            for name, side, grow in (("neck", ~garment, 1.0), ("garment", garment, 1.25)):
+                for keep, size in ((side & ~edge, grow), (side & edge, 0.45)):
+                    self._surface_gaussians(name, tri[keep], bary[keep], sigma * size, rgb[keep], opacity=0.99)
+        finally:
+            self.rng = saved
 
     def grow_eye_highlights(self, lighting: Lighting, max_up_deg: float = 5.0, max_side_deg: float = 14.0) -> None:
         """A corneal highlight on each eye: a small bright spot (not shaded) where the key light reflects toward a
@@ -741,6 +808,14 @@ class _GaussianGrower:
             start = stop
         return ranges
 
+    def _part_mask(self, names: tuple[str, ...]) -> Tensor:  # [N] float64: 1 on the Gaussians of regions `names`
+        return torch.cat(
+            [
+                torch.full((len(p["binding"]),), float(n in names), dtype=torch.float64)
+                for n, p in zip(self.part_names, self.parts, strict=True)
+            ]
+        )
+
     def finish(self, lighting: Lighting | None = None, closed_lids: Tensor | None = None) -> dict[str, Tensor]:
         """The avatar's Gaussian tensors; with `lighting`, its light baked into the colours (`shading`).
 
@@ -749,9 +824,12 @@ class _GaussianGrower:
         into the socket and would bake dark, showing as a shadow at every blink)."""
         merged = {key: torch.cat([p[key] for p in self.parts]) for key in self.parts[0]}
         rgb, points, normals, lit = (merged.pop(key) for key in ("rgb", "points", "normals", "lit"))
+        sheen = None
         if lighting is not None:
             binding = merged["binding"]
-            baked = bake_lighting(rgb, points, normals, self.vertices, self.faces, lighting, binding)
+            n, ao, shadow = light_terms(points, normals, self.vertices, self.faces, lighting, binding)
+            baked = shade(rgb, n, ao, shadow, lighting)
+            sheen = sheen_coefficients(n, ao, shadow, lighting) * self._part_mask(SHEEN_PARTS)[:, None, None]
             if closed_lids is not None:
                 travel = (closed_lids - self.vertices).norm(dim=-1)[self.faces[binding]].mean(-1)  # [N] m
                 lid = (travel / 0.004).clamp(0, 1) * lit  # the skin that slides over the eye when it closes
@@ -766,6 +844,8 @@ class _GaussianGrower:
                 baked[on_lid] = (1 - w) * baked[on_lid] + w * torch.maximum(baked[on_lid], closed)
             rgb = torch.where(lit[:, None], baked, rgb)
         sh = rgb_to_sh_dc(rgb)[:, None, :]
+        if sheen is not None:
+            sh = torch.cat([sh, sheen.to(sh.dtype)], dim=1)  # degree 1: the skin's sheen
         out = {key: value.float() if value.is_floating_point() else value for key, value in merged.items()}
         out["sh"] = sh.float()
         return out

@@ -68,12 +68,15 @@ class LandmarkLayout:
 IBUG68_DEMO = LandmarkLayout(IBUG68, IBUG68_DEMO_VERTICES)
 
 
-def demo_guide_vertex_counts() -> tuple[int, int]:
-    """Vertex counts of the demo topology: the kit's head alone (older avatar files) and with the teeth that
-    `teeth.py` appends after the head's vertices (the head's vertex ids are unchanged)."""
+def demo_guide_vertex_counts() -> tuple[int, int, int]:
+    """Vertex counts of the demo topology: the kit's head alone (older avatar files), with the teeth that
+    `teeth.py` appends after the head's vertices, and with the bust (`bust.py`) after those (the head's vertex ids
+    are unchanged)."""
+    from .bust import bust_vertex_count
     from .teeth import TEETH_VERTICES
 
-    return DEMO_TOPOLOGY_VERTICES, DEMO_TOPOLOGY_VERTICES + TEETH_VERTICES
+    with_teeth = DEMO_TOPOLOGY_VERTICES + TEETH_VERTICES
+    return DEMO_TOPOLOGY_VERTICES, with_teeth, with_teeth + bust_vertex_count()
 
 
 def default_layout(num_vertices: int) -> LandmarkLayout | None:

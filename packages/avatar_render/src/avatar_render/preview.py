@@ -16,12 +16,14 @@ from .camera import Camera
 def turntable_cameras(
     num_views: int,
     size_px: int,
-    distance_m: float = 0.30,
+    distance_m: float = 0.45,
     elevation_deg: float = 5.0,
     fov_deg: float = 53.1,
-    target: tuple[float, float, float] = (0.0, -0.035, 0.0),
+    target: tuple[float, float, float] = (0.0, -0.085, 0.0),
 ) -> Camera:
-    """`num_views` cameras on a circle around the head, starting frontal (+Z), turning toward +X."""
+    """`num_views` cameras on a circle around the head, starting frontal (+Z), turning toward +X.
+
+    The default frames head and shoulders like a phone portrait (the bust's chest at the bottom edge)."""
     yaws = torch.linspace(0.0, 2 * math.pi, num_views + 1)[:-1]
     elevation = math.radians(elevation_deg)
     eyes = torch.stack(

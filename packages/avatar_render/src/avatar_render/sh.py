@@ -94,3 +94,52 @@ def sh_to_rgb(
 ) -> Tensor:  # [..., 3]
     """Colour as gsplat's rasterization() makes it from SH: clamp_min(value + 0.5, 0)."""
     return torch.clamp_min(eval_sh_colors(sh, dirs, degree) + 0.5, 0.0)
+
+
+def _sample_directions(count: int = 32) -> Tensor:  # [count, 3] unit, float64
+    """Fixed, well-spread unit directions (a Fibonacci sphere): where `band_rotations` fits each band."""
+    i = torch.arange(count, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * i / count
+    r = (1.0 - z * z).sqrt()
+    phi = i * torch.pi * (3.0 - 5.0**0.5)
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=-1)
+
+
+def band_rotations(rot: Tensor, degree: int) -> list[Tensor]:  # [..., 3, 3] -> [[..., 2l+1, 2l+1] for l in 1..degree]
+    """Per-band matrices D_l with sum_m (D_l a)_m Y_lm(d) = sum_m a_m Y_lm(rot^T d) for every direction d.
+
+    A rotation maps each band's functions onto the same band, so D_l is exactly the least-squares fit on
+    directions S: D_l = pinv(Y_l(S)) Y_l(rot^T S) (solved in float64; S has more points than any band has
+    functions). Written here because neither gsplat nor torch offers SH rotation (gsplat evaluates SH in world
+    directions only).
+    """
+    dirs = _sample_directions().to(rot.device)
+    rotated = torch.einsum("...de,md->...me", rot.double(), dirs)  # rot^T s for every sample s
+    basis, basis_rot = sh_basis(dirs, degree), sh_basis(rotated, degree)  # [M, K], [..., M, K]
+    out = []
+    for band in range(1, degree + 1):
+        cols = slice(band * band, (band + 1) * (band + 1))
+        solve = torch.linalg.pinv(basis[:, cols])  # [2l+1, M]
+        out.append((solve @ basis_rot[..., cols]).to(rot.dtype))
+    return out
+
+
+def rotate_sh(
+    sh: Tensor,  # [N, K, 3]
+    rot: Tensor,  # [N, 3, 3], or [F, 3, 3] with `index`
+    index: Tensor | None = None,  # [N] long: the row of `rot` each coefficient set takes
+) -> Tensor:  # [N, K, 3]
+    """SH coefficients of the same colours after the object turns by `rot`: the new coefficients seen from
+    direction rot d give the colour the old ones gave from d (band 0 is unchanged)."""
+    degree = int(round(sh.shape[-2] ** 0.5)) - 1
+    if (degree + 1) ** 2 != sh.shape[-2]:
+        raise ValueError(f"rotate_sh needs (degree + 1)^2 coefficients per Gaussian, got {sh.shape[-2]}")
+    if degree == 0:
+        return sh
+    blocks = band_rotations(rot, degree)
+    parts = [sh[..., :1, :]]
+    for band, block in enumerate(blocks, start=1):
+        if index is not None:
+            block = block[index]
+        parts.append(block @ sh[..., band * band : (band + 1) * (band + 1), :])
+    return torch.cat(parts, dim=-2)

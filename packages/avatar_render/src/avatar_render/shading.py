@@ -12,8 +12,13 @@ normalised so that a surface facing the camera, unoccluded, lit by both lights h
   `AO_DIRECTIONS` directions on the sphere: a point is seen from a direction when it lies no deeper than the
   mesh's nearest surface there (plus a tolerance of about one depth-map pixel).
 - `shadow_key`: the same test toward the key light (soft: averaged over a small cone of directions).
+- sheen (view-dependent, SH degree 1): a soft highlight toward the key light's mirror direction,
+  + sheen * max(0, n . l_key) * ao * shadow_key * (v . r), r = 2 (n . l_key) n - l_key, v the unit direction from the
+  point to the camera. Degree 1 is a linear lobe (brightest seen along r, darkest from -r); it is stored in the
+  canonical frame and turns with the skin when the head turns (avatar.py, step 5).
 Directions are in the avatar's canonical frame (+Y up, face toward +Z). No ray tracer ships for CPU in our
-dependencies (pytorch3d has no wheel), and depth maps of a 9k-triangle mesh at 96 px cost ~50 ms each here.
+dependencies (pytorch3d has no wheel), and depth maps of a 9k-triangle mesh at 96 px cost ~50 ms each here (a bust
+needs about 200 px for the same pixel size, `DEPTH_PIXEL_M`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import torch
 from torch import Tensor
 
 AO_DIRECTIONS = 24
-DEPTH_MAP_SIZE = 96
+DEPTH_MAP_SIZE = 96  # at least this many pixels across a depth map
+# and pixels at most this big (m): 96 px across the head alone; a bust (neck and shoulders) widens the map instead
+# of coarsening it, which would loosen the occlusion test around the eyes and mouth
+DEPTH_PIXEL_M = 0.0027
 SURFACE_OFFSET_M = 0.003  # test visibility 3 mm above each Gaussian, along its normal
 
 
@@ -39,6 +47,7 @@ class Lighting:
     key: float = 0.75
     fill: float = 0.25
     ambient: float = 0.45
+    sheen: float = 0.09  # amplitude of the view-dependent highlight on skin (colour units)
 
 
 def lighting_for(rng: np.random.Generator) -> Lighting:
@@ -81,8 +90,9 @@ def visibility(vertices: Tensor, faces: Tensor, points: Tensor, directions: Tens
     radius = float((vertices - centre).norm(dim=-1).max())
     distance = 20 * radius  # nearly orthographic
     fov = math.degrees(2 * math.atan(1.05 * radius / (distance - radius)))
-    camera = Camera.look_at(centre + distance * directions, centre, DEPTH_MAP_SIZE, DEPTH_MAP_SIZE, fov_deg=fov)
-    fragments = rasterize_mesh(vertices, faces, camera.viewmat, camera.K, DEPTH_MAP_SIZE, DEPTH_MAP_SIZE)
+    size = max(DEPTH_MAP_SIZE, math.ceil(2 * radius * 1.05 / DEPTH_PIXEL_M))
+    camera = Camera.look_at(centre + distance * directions, centre, size, size, fov_deg=fov)
+    fragments = rasterize_mesh(vertices, faces, camera.viewmat, camera.K, size, size)
     depth = torch.where(fragments.face_ids >= 0, fragments.depth, torch.full_like(fragments.depth, float("inf")))
     # Nearest surface over each pixel's 3x3 neighbourhood (the farthest of them): tolerant of surface slope.
     padded = torch.nn.functional.pad(depth[:, None], (1, 1, 1, 1), value=float("inf"))
@@ -91,10 +101,10 @@ def visibility(vertices: Tensor, faces: Tensor, points: Tensor, directions: Tens
     z = cam_points[..., 2]
     u = camera.K[:, None, 0, 0] * cam_points[..., 0] / z + camera.K[:, None, 0, 2]
     v = camera.K[:, None, 1, 1] * cam_points[..., 1] / z + camera.K[:, None, 1, 2]
-    col = u.floor().long().clamp(0, DEPTH_MAP_SIZE - 1)
-    row = v.floor().long().clamp(0, DEPTH_MAP_SIZE - 1)
+    col = u.floor().long().clamp(0, size - 1)
+    row = v.floor().long().clamp(0, size - 1)
     surface = depth[torch.arange(len(directions))[:, None], row, col]  # [D, N]
-    tolerance = 1.5 * (2 * radius * 1.05) / DEPTH_MAP_SIZE  # about 1.5 depth-map pixels
+    tolerance = 1.5 * (2 * radius * 1.05) / size  # about 1.5 depth-map pixels
     return (z <= surface + tolerance).float().T
 
 
@@ -131,20 +141,54 @@ def bake_lighting(
 ) -> Tensor:  # [N, 3] lit colours in [0, 1]
     """The module docstring's formula; with `triangles`, ao and shadow are averaged per triangle and blurred over
     two rings of neighbouring triangles (the depth-map test is noisy at grazing angles)."""
+    n, ao, shadow = light_terms(points, normals, vertices, faces, lighting, triangles)
+    return shade(albedo, n, ao, shadow, lighting)
+
+
+def light_terms(
+    points: Tensor,  # [N, 3]
+    normals: Tensor,  # [N, 3]
+    vertices: Tensor,  # [V, 3]
+    faces: Tensor,  # [F, 3]
+    lighting: Lighting,
+    triangles: Tensor | None = None,  # [N]
+) -> tuple[Tensor, Tensor, Tensor]:  # unit normals [N, 3], ao [N], key shadow [N] (float64)
+    """What the light of every Gaussian depends on besides its albedo (the costly depth-map tests)."""
     key = torch.tensor(lighting.key_direction, dtype=torch.float64)
-    fill = torch.tensor(lighting.fill_direction, dtype=torch.float64)
     n = normals.double() / normals.double().norm(dim=-1, keepdim=True).clamp_min(1e-12)
     lifted = points.double() + SURFACE_OFFSET_M * n  # off the surface it lies on: no self-shadowing speckle
     ao = ambient_occlusion(vertices, faces, lifted, n).double()
     shadow = key_shadow(vertices, faces, lifted, key).double()
     if triangles is not None:
         ao, shadow = (smooth_over_mesh(x, triangles, faces, len(vertices)) for x in (ao, shadow))
+    return n, ao, shadow
+
+
+def shade(albedo: Tensor, n: Tensor, ao: Tensor, shadow: Tensor, lighting: Lighting) -> Tensor:  # -> [N, 3]
+    """Lit colours in [0, 1] from albedo [N, 3] and `light_terms`."""
+    key = torch.tensor(lighting.key_direction, dtype=torch.float64)
+    fill = torch.tensor(lighting.fill_direction, dtype=torch.float64)
     light = (
         lighting.ambient * ao + lighting.key * (n @ key).clamp_min(0) * shadow + lighting.fill * (n @ fill).clamp_min(0)
     )
     frontal = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     norm = lighting.ambient + lighting.key * float(frontal @ key) + lighting.fill * max(float(frontal @ fill), 0.0)
     return (albedo.double() * (light / norm)[:, None]).clamp(0.0, 1.0).to(albedo.dtype)
+
+
+def sheen_coefficients(n: Tensor, ao: Tensor, shadow: Tensor, lighting: Lighting) -> Tensor:  # -> [N, 3, 3]
+    """Degree-1 SH coefficients (gsplat's order, the same for the 3 colours) of the module docstring's sheen.
+
+    gsplat evaluates SH at d = mean - camera = -v, where the degree-1 basis is C1 (-d_y, d_z, -d_x); coefficients
+    w (r_y, -r_z, r_x) / C1 give sum_m a_m Y_m(d) = -w (d . r) = w (v . r)."""
+    from .sh import _C1
+
+    key = torch.tensor(lighting.key_direction, dtype=torch.float64)
+    facing = n @ key  # [N]
+    mirror = 2.0 * facing[:, None] * n - key
+    weight = lighting.sheen * facing.clamp_min(0) * ao * shadow
+    coeffs = torch.stack([mirror[:, 1], -mirror[:, 2], mirror[:, 0]], dim=-1) * (weight / _C1)[:, None]
+    return coeffs[:, :, None].expand(-1, -1, 3).clone()
 
 
 def smooth_over_mesh(values: Tensor, triangles: Tensor, faces: Tensor, num_vertices: int, rings: int = 2) -> Tensor:

@@ -557,8 +557,8 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
         "mouth and eyelid, and the instruments' own error (above) bounds what AED and the pose error can "
         "resolve.\n"
         + _vae_resolution_line(s.get("eval-baselines", {}))
-        + "- The demo avatars are procedural (issue 12: baked light, teeth, strand hair; no neck or shoulders yet), "
-        "so appearance "
+        + "- The demo avatars are procedural (issue 12: baked light, skin sheen, teeth, strand hair, neck and "
+        "shoulders), so appearance "
         "cues for expression and identity are weaker than in photographs.\n"
         "- Wall times are whatever the machine gave: a step that shared the 2 cores with other work took longer "
         "than on an idle machine.\n"
