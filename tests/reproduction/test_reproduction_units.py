@@ -94,6 +94,20 @@ def test_step_runner_skips_finished_steps_and_redoes_missing_outputs(tmp_path):
         StepRunner(tmp_path).run("b", lambda: {}, ["missing.txt"])
 
 
+def test_elapsed_span_counts_overlapping_steps_once():
+    from factorportrait.reproduction.report import elapsed_span
+
+    # steps a [0, 100] and b [40, 160] ran side by side, c [160, 200] after them: 200 s elapsed, 300 s summed
+    summaries = {
+        "a": {"wall_s": 100.0, "finished_utc": "2026-01-01T00:01:40+00:00"},
+        "b": {"wall_s": 120.0, "finished_utc": "2026-01-01T00:02:40+00:00"},
+        "c": {"wall_s": 40.0, "finished_utc": "2026-01-01T00:03:20+00:00"},
+        "plan": {"wall_s": 0.0},  # no finish time: not counted
+    }
+    assert elapsed_span(summaries) == pytest.approx(200.0)
+    assert elapsed_span({"plan": {"wall_s": 0.0}}) is None
+
+
 def test_vae_windows_crop_on_the_8_px_grid():
     from factorportrait.reproduction.vae_train import _windows
 
