@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,55 @@ def test_eye_mouth_region_psnr_counts_only_the_landmark_boxes():
     pred[:, :4] = 0  # outside the region: ignored
     assert abs(region_psnr(pred, gt, region) - 10 * np.log10(255.0**2 / 100)) < 1e-9
     assert np.isnan(region_psnr(pred, gt, np.zeros_like(region))) and np.isnan(region_psnr(pred, gt, None))
+
+
+def _orbit_viewmat(yaw_deg: float, distance: float = 0.35) -> np.ndarray:
+    """World-to-camera matrix of a camera at `yaw_deg` on a horizontal circle, looking at the origin."""
+    yaw = math.radians(yaw_deg)
+    centre = distance * np.array([math.sin(yaw), 0.0, math.cos(yaw)])
+    forward = -centre / np.linalg.norm(centre)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    rot = np.stack([right, -up, forward])  # OpenCV camera axes (x right, y down, z forward) as rows
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = rot, -rot @ centre
+    return out
+
+
+def test_camera_swap_diagnostic_measures_the_donor_gap_per_clip(monkeypatch):
+    from types import SimpleNamespace
+
+    from factorportrait.reproduction import swap_diagnostics as diag
+
+    # id a spins 0 -> 30 deg, id b 90 -> 120 deg, id c -120 -> -90 deg: donors are the next clip of another id
+    paths = {"a/0": (0.0, 30.0), "b/0": (90.0, 120.0), "c/0": (-120.0, -90.0)}
+    sources = [
+        SimpleNamespace(sequence_id=sid, num_frames=4, viewmat=[_orbit_viewmat(y) for y in np.linspace(lo, hi, 4)])
+        for sid, (lo, hi) in paths.items()
+    ]
+    monkeypatch.setattr(diag, "split_roots", lambda run_dir, split: {})
+    monkeypatch.setattr(diag, "load_sources", lambda roots: sources)
+    seeds = {"true": {"a/0": 20.0, "b/0": 18.0, "c/0": 16.0}, "camera": {"a/0": 15.0, "b/0": 17.0, "c/0": 16.5}}
+    mode = {
+        key: {str(s): {"clips": {sid: {"psnr": v + 0.1 * s} for sid, v in vals.items()}} for s in range(3)}
+        for key, vals in seeds.items()
+    }
+    rows = diag.camera_swap_rows(
+        Path("no-run"), {"full": {"splits": {"heldout_ids": {"moving-camera-static-face": mode}}}}, 4
+    )
+    by_clip = {r["clip"]: r for r in rows}
+    assert [by_clip[s]["donor"] for s in paths] == ["b/0", "c/0", "a/0"]
+    assert by_clip["a/0"]["yaw"] == pytest.approx((0.0, 30.0))
+    assert by_clip["a/0"]["gap_deg"] == pytest.approx(90.0)  # a vs b: 90 deg apart at every frame
+    assert by_clip["b/0"]["gap_deg"] == pytest.approx(150.0)  # b vs c: 210 deg the long way = 150
+    assert by_clip["c/0"]["gap_deg"] == pytest.approx(120.0)
+    assert by_clip["a/0"]["true"][0] == pytest.approx(20.1) and by_clip["a/0"]["true"][1] == pytest.approx(0.1)
+    drops = {s: by_clip[s]["true"][0] - by_clip[s]["swapped"][0] for s in paths}
+    assert drops == pytest.approx({"a/0": 5.0, "b/0": 1.0, "c/0": -0.5})
+    # gaps 90 / 150 / 120 against drops 5 / 1 / -0.5: an analytic Pearson r
+    gap, drop = np.array([90.0, 150.0, 120.0]), np.array([5.0, 1.0, -0.5])
+    expected = ((gap - gap.mean()) * (drop - drop.mean())).sum() / (
+        np.sqrt(((gap - gap.mean()) ** 2).sum() * ((drop - drop.mean()) ** 2).sum())
+    )
+    assert diag.gap_correlation(rows) == pytest.approx(expected)

@@ -409,6 +409,7 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
                 )
             )
             add("")
+            _camera_swap_section(add, run_dir, evals, config.eval_frames)
         # ------------------------------------------------------------ acceptance
         add("## Acceptance checks (issue 15)\n")
         checks = []
@@ -579,6 +580,66 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
         "invocations counts as elapsed).\n"
     )
     return write_text_atomic(report_path, "\n".join(lines) + "\n")
+
+
+def _camera_swap_section(add, run_dir: Path, evals: dict[str, dict], frames: int) -> None:
+    """The per-clip camera swap diagnostic (`swap_diagnostics.py`); skipped when the run has no camera swaps."""
+    from .swap_diagnostics import camera_swap_rows, gap_correlation
+
+    try:
+        rows = camera_swap_rows(run_dir, evals, frames)
+    except (KeyError, OSError, ValueError, StopIteration) as err:  # a diagnostic must not take the report down
+        add(f"(Per-clip camera swap diagnostic skipped: {type(err).__name__}: {err})\n")
+        return
+    if not rows:
+        return
+    add("### Camera swap per clip (diagnostic)\n")
+    add(
+        "Each clip of the camera swap runs with its donor: the camera's yaw around the head (0 = frontal, the "
+        "reference's view) at the first and last evaluated frame, the mean angle between the true and the donor "
+        "camera over the clip, and PSNR (mean ± std over the seeds) with the true and the swapped ray maps. A model "
+        "that steers by the rays loses most where the gap is large.\n"
+    )
+    table = []
+    for r in rows:
+        table.append(
+            [
+                LABELS.get(r["variant"], r["variant"]),
+                r["mode"],
+                r["clip"],
+                f"{r['yaw'][0]:+.0f} → {r['yaw'][1]:+.0f}",
+                f"{r['donor_yaw'][0]:+.0f} → {r['donor_yaw'][1]:+.0f}",
+                f"{r['gap_deg']:.0f}",
+                _fmt(*r["true"], "psnr"),
+                _fmt(*r["swapped"], "psnr"),
+                f"{r['true'][0] - r['swapped'][0]:+.2f}",
+            ]
+        )
+    add(
+        _table(
+            [
+                "Model",
+                "Control mode",
+                "clip",
+                "yaw (deg)",
+                "donor yaw",
+                "gap (deg)",
+                "PSNR true",
+                "PSNR swapped",
+                "drop",
+            ],
+            table,
+        )
+    )
+    corr = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        c = gap_correlation([r for r in rows if r["variant"] == variant])
+        if math.isfinite(c):
+            corr.append(f"{LABELS.get(variant, variant)} {c:+.2f}")
+    if corr:
+        add(f"\nCorrelation between the camera gap and the PSNR drop over these clips: {', '.join(corr)}.\n")
+    else:
+        add("")
 
 
 def elapsed_span(summaries: dict[str, dict]) -> float | None:
