@@ -1,6 +1,6 @@
 """Reproduce the paper's ablation table (Tab. 2) and four control modes (Tab. 3) at CPU scale, on held-out data.
 
-    uv run python pipelines/reproduce.py --preset cpu --out runs/repro          # 2-core CPU, ~110 min (measured)
+    uv run python pipelines/reproduce.py --preset cpu --out runs/repro          # 2-core CPU, ~120 min (measured)
     uv run python pipelines/reproduce.py --preset gpu --out runs/repro-gpu      # one CUDA GPU, bf16, larger
     uv run python pipelines/reproduce.py --preset micro --out /tmp/m --report /tmp/m/report.md   # seconds/step
 
