@@ -566,7 +566,7 @@ def write_report(config: ReproConfig, run_dir: Path, report_path: Path, summarie
     )
     # ---------------------------------------------------------------- wall time
     add("## Wall time per step\n")
-    rows = [[k, f"{v:.0f}"] for k, v in walls.items()]
+    rows = [[k, f"{walls[k]:.0f}"] for k in sorted(walls, key=lambda k: _started(summaries[k]))]
     total = sum(walls.values())
     rows.append(["**sum of the steps**", f"**{total:.0f}** ({total / 60:.1f} min)"])
     span = elapsed_span(summaries)
@@ -642,20 +642,25 @@ def _camera_swap_section(add, run_dir: Path, evals: dict[str, dict], frames: int
         add("")
 
 
+def _started(record: dict) -> float:
+    """A step's start time (POSIX seconds) from its marker; steps without a finish time sort first."""
+    from datetime import datetime
+
+    finished = record.get("finished_utc")
+    if not finished:
+        return float("-inf")
+    return datetime.fromisoformat(finished).timestamp() - float(record.get("wall_s", 0.0))
+
+
 def elapsed_span(summaries: dict[str, dict]) -> float | None:
     """Seconds from the earliest step start to the latest step end, from the markers' `finished_utc` and
     `wall_s`; None when no marker carries a finish time."""
-    from datetime import datetime
-
-    starts, ends = [], []
-    for record in summaries.values():
-        finished = record.get("finished_utc")
-        if not finished:
-            continue
-        end = datetime.fromisoformat(finished).timestamp()
-        starts.append(end - float(record.get("wall_s", 0.0)))
-        ends.append(end)
-    return max(ends) - min(starts) if ends else None
+    timed = [r for r in summaries.values() if r.get("finished_utc")]
+    if not timed:
+        return None
+    starts = [_started(r) for r in timed]
+    ends = [s + float(r.get("wall_s", 0.0)) for s, r in zip(starts, timed, strict=True)]
+    return max(ends) - min(starts)
 
 
 def _vae_resolution_line(base: dict) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .data import camera_centre, load_sources, split_roots, view_angle_deg
 from .evaluate import donor_indices
+from .report import _stats
 
 SPLIT = "heldout_ids"
 
@@ -41,11 +42,9 @@ def camera_swap_rows(run_dir: Path, evals: dict[str, dict], frames: int, metric:
     rows = []
     for variant, result in evals.items():
         modes = result.get("splits", {}).get(SPLIT, {})
-        all_dynamic = (
-            [{"mode": "all-dynamic", "sequence_id": s} for s in _clip_ids(modes["all-dynamic"])]
-            if ("all-dynamic" in modes)
-            else None
-        )
+        all_dynamic = None
+        if "all-dynamic" in modes:
+            all_dynamic = [{"mode": "all-dynamic", "sequence_id": s} for s in _clip_ids(modes["all-dynamic"])]
         for mode, data in modes.items():
             if "camera" not in data:
                 continue
@@ -58,8 +57,6 @@ def camera_swap_rows(run_dir: Path, evals: dict[str, dict], frames: int, metric:
                 n = min(frames, own.num_frames, donor.num_frames)
                 own_c = [camera_centre(own, t) for t in range(n)]
                 donor_c = [camera_centre(donor, t) for t in range(n)]
-                true_v = _per_clip(data, "true", clip["sequence_id"], metric)
-                swap_v = _per_clip(data, "camera", clip["sequence_id"], metric)
                 rows.append(
                     {
                         "variant": variant,
@@ -69,8 +66,8 @@ def camera_swap_rows(run_dir: Path, evals: dict[str, dict], frames: int, metric:
                         "yaw": (yaw_deg(own_c[0]), yaw_deg(own_c[-1])),
                         "donor_yaw": (yaw_deg(donor_c[0]), yaw_deg(donor_c[-1])),
                         "gap_deg": float(np.mean([view_angle_deg(a, b) for a, b in zip(own_c, donor_c, strict=True)])),
-                        "true": (float(np.mean(true_v)), float(np.std(true_v, ddof=1)) if len(true_v) > 1 else 0.0),
-                        "swapped": (float(np.mean(swap_v)), float(np.std(swap_v, ddof=1)) if len(swap_v) > 1 else 0.0),
+                        "true": _stats(_per_clip(data, "true", clip["sequence_id"], metric)),
+                        "swapped": _stats(_per_clip(data, "camera", clip["sequence_id"], metric)),
                     }
                 )
     return rows
